@@ -1,0 +1,219 @@
+"""Batched image augmentation on the training device, with per-sample randomness.
+
+Every transform is a pure function of a batch and explicit per-sample parameters, so
+that it can be tested exactly; :func:`sample_params` draws those parameters for a
+whole epoch at once from a seeded :class:`torch.Generator` (on the CPU, so that CPU
+and GPU runs see the same augmentations), and :func:`apply` runs the pipeline:
+
+    [0,1] floats -> colour (grayscale, brightness/contrast) -> normalise
+    -> affine (shift/scale/rotate) -> pad + random crop -> horizontal flip -> cutout
+
+Geometric ops and cutout work on normalised images, so their fill value 0 is the
+dataset mean (the classic CIFAR cutout).
+
+Shapes: images are (B, C, H, W); parameters are 1-D tensors of length B.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations run on the training split, and how strong they are."""
+
+    crop_padding: int = 4          # pixels of padding per side before the random crop (0 = off)
+    pad_mode: str = "zeros"        # zeros (= dataset mean after normalisation) | reflect
+    flip: bool = True              # horizontal flip with p = 0.5
+    cutout: int = 16               # side of the cutout square in pixels (0 = off)
+    cutout_p: float = 1.0          # probability of cutout per sample
+    affine_p: float = 0.0          # probability of shift/scale/rotate per sample
+    affine_shift: float = 0.0625   # max shift, fraction of the side
+    affine_scale: float = 0.1      # max relative zoom
+    affine_rotate: float = 15.0    # max rotation, degrees
+    grayscale_p: float = 0.0       # probability of grayscale per sample
+    jitter_p: float = 0.0          # probability of brightness/contrast jitter per sample
+    brightness: float = 0.2        # max brightness change (fraction)
+    contrast: float = 0.2          # max contrast change (fraction)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AugmentConfig":
+        """Take the matching fields from a :class:`~eva8_utils.config.TrainConfig`."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    @property
+    def colour(self) -> bool:
+        return self.grayscale_p > 0 or self.jitter_p > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter sampling
+# ---------------------------------------------------------------------------------------
+def sample_params(n: int, aug: AugmentConfig, size: tuple[int, int],
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Draw independent augmentation parameters for ``n`` samples.
+
+    Args:
+        n: number of samples (positions in the epoch).
+        aug: the augmentation settings.
+        size: image (H, W) in pixels.
+        generator: a CPU generator; the same state gives the same parameters.
+
+    Returns:
+        Dict of CPU tensors of length ``n``; only enabled augmentations have entries.
+    """
+    h, w = size
+    g = generator
+    p: dict[str, torch.Tensor] = {}
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=g) * (hi - lo) + lo
+
+    if aug.grayscale_p > 0:
+        p["gray"] = torch.rand(n, generator=g) < aug.grayscale_p
+    if aug.jitter_p > 0:
+        p["jitter"] = torch.rand(n, generator=g) < aug.jitter_p
+        p["brightness"] = uniform(1 - aug.brightness, 1 + aug.brightness)
+        p["contrast"] = uniform(1 - aug.contrast, 1 + aug.contrast)
+    if aug.affine_p > 0:
+        p["affine"] = torch.rand(n, generator=g) < aug.affine_p
+        p["shift_x"] = uniform(-aug.affine_shift, aug.affine_shift)
+        p["shift_y"] = uniform(-aug.affine_shift, aug.affine_shift)
+        p["scale"] = uniform(1 - aug.affine_scale, 1 + aug.affine_scale)
+        p["angle"] = uniform(-aug.affine_rotate, aug.affine_rotate)
+    if aug.crop_padding > 0:
+        p["crop_y"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=g)
+        p["crop_x"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=g)
+    if aug.flip:
+        p["flip"] = torch.rand(n, generator=g) < 0.5
+    if aug.cutout > 0:
+        p["cutout"] = torch.rand(n, generator=g) < aug.cutout_p
+        p["cut_y"] = torch.randint(0, h, (n,), generator=g)
+        p["cut_x"] = torch.randint(0, w, (n,), generator=g)
+    return p
+
+
+def slice_params(params: dict[str, torch.Tensor], index: slice | torch.Tensor,
+                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The parameters of a subset of samples, optionally moved to ``device``."""
+    return {k: (v[index].to(device, non_blocking=True) if device is not None else v[index])
+            for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Transforms with explicit parameters
+# ---------------------------------------------------------------------------------------
+def _bcast(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, 1, 1, 1)
+
+
+def grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace masked samples of [0,1] RGB images by their luma (ITU-R 601), 3 channels."""
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    return torch.where(_bcast(mask), gray.expand_as(x), x)
+
+
+def brightness_contrast(x: torch.Tensor, mask: torch.Tensor, brightness: torch.Tensor,
+                        contrast: torch.Tensor) -> torch.Tensor:
+    """Scale brightness, then contrast around each image's mean luma; [0,1] in and out."""
+    b = brightness.to(x.dtype).view(-1, 1, 1, 1)
+    c = contrast.to(x.dtype).view(-1, 1, 1, 1)
+    y = x * b
+    luma = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]).mean(dim=(1, 2)).view(-1, 1, 1, 1)
+    y = ((y - luma) * c + luma).clamp(0, 1)
+    return torch.where(_bcast(mask), y, x)
+
+
+def affine(x: torch.Tensor, mask: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+           scale: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Shift (fraction of the side), zoom and rotate (degrees) masked samples.
+
+    Bilinear sampling; pixels from outside the image are 0 (the mean after normalising).
+    """
+    rad = angle.to(x.dtype) * (math.pi / 180)
+    cos, sin = torch.cos(rad) / scale.to(x.dtype), torch.sin(rad) / scale.to(x.dtype)
+    # affine_grid maps output coords to input coords in [-1, 1]; a shift of s (fraction
+    # of the side) moves content by +s, i.e. samples the input at -2s.
+    theta = torch.stack([
+        torch.stack([cos, -sin, -2 * shift_x.to(x.dtype)], dim=1),
+        torch.stack([sin, cos, -2 * shift_y.to(x.dtype)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.where(_bcast(mask), y, x)
+
+
+def crop(x: torch.Tensor, padding: int, offset_y: torch.Tensor, offset_x: torch.Tensor,
+         pad_mode: str = "zeros") -> torch.Tensor:
+    """Pad by ``padding`` and crop the original size at per-sample offsets in [0, 2*padding].
+
+    ``out[b, :, i, j] == padded[b, :, i + offset_y[b], j + offset_x[b]]``, so an offset of
+    ``padding`` returns the image unchanged.
+    """
+    b, c, h, w = x.shape
+    mode = "constant" if pad_mode == "zeros" else "reflect"
+    padded = F.pad(x, (padding,) * 4, mode=mode)
+    rows = (offset_y.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    cols = (offset_x.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows, cols]
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror masked samples left-right."""
+    return torch.where(_bcast(mask), x.flip(3), x)
+
+
+def cutout_mask(shape: tuple[int, int, int, int], size: int, center_y: torch.Tensor,
+                center_x: torch.Tensor, apply_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean (B,1,H,W) mask of one ``size`` x ``size`` square per applied sample.
+
+    The square spans rows ``[cy - size//2, cy - size//2 + size)`` (same for columns),
+    clipped at the border.
+    """
+    b, _, h, w = shape
+    dev = center_y.device
+    y0 = (center_y - size // 2).view(b, 1, 1)
+    x0 = (center_x - size // 2).view(b, 1, 1)
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    m = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    return (m & apply_mask.view(b, 1, 1)).unsqueeze(1)
+
+
+def cutout(x: torch.Tensor, size: int, center_y: torch.Tensor, center_x: torch.Tensor,
+           apply_mask: torch.Tensor) -> torch.Tensor:
+    """Zero one (clipped) ``size`` x ``size`` square per applied sample."""
+    return x.masked_fill(cutout_mask(tuple(x.shape), size, center_y, center_x, apply_mask), 0)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------
+def apply_colour(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Colour transforms on [0,1] float images."""
+    if "gray" in params:
+        x = grayscale(x, params["gray"])
+    if "jitter" in params:
+        x = brightness_contrast(x, params["jitter"], params["brightness"], params["contrast"])
+    return x
+
+
+def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: AugmentConfig) -> torch.Tensor:
+    """Geometric transforms and cutout on normalised images."""
+    if "affine" in params:
+        x = affine(x, params["affine"], params["shift_x"], params["shift_y"], params["scale"], params["angle"])
+    if "crop_y" in params:
+        x = crop(x, aug.crop_padding, params["crop_y"], params["crop_x"], aug.pad_mode)
+    if "flip" in params:
+        x = hflip(x, params["flip"])
+    if "cutout" in params:
+        x = cutout(x, aug.cutout, params["cut_y"], params["cut_x"], params["cutout"])
+    return x

@@ -1,0 +1,363 @@
+"""TrainConfig: every knob of a run in one typed dataclass, plus named recipes.
+
+Precedence when a run is configured (lowest first): the dataclass defaults, the named
+``recipe``, the YAML file (``--config``), then explicit command-line flags. The
+resolved config is saved with every run and every checkpoint.
+
+The defaults are the assignment: ResNet18 on CIFAR-10 for 20 epochs with
+RandomCrop(32, padding=4), horizontal flip and a 16x16 cutout, SGD + OneCycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+# Choices that do not live in a registry of their own.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NORMS = ("batch", "group", "layer")
+TTA_MODES = ("none", "flip", "flip_translate")
+PAD_MODES = ("zeros", "reflect")
+ANNEAL = ("linear", "cos")
+CLIP_MODES = ("norm", "value")
+CAM_SMOOTH = ("none", "aug", "eigen")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field carrying its CLI help text (and optional choices) as metadata."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Units are given in each help text."""
+
+    # --- recipe -------------------------------------------------------------------------
+    recipe: str = _f("", "named preset applied under the other settings: resnet18 | fast")
+
+    # --- data ---------------------------------------------------------------------------
+    dataset: str = _f("cifar10", "data source: cifar10 | folder | shapes")
+    data_dir: str = _f("./data", "cifar10: download/cache folder; folder: ROOT with train/ and test/ (or val/)")
+    cache_dir: str = _f("", "where decoded folder datasets are cached (.npz); '' = ~/.cache/eva8_utils, 'off' = no cache")
+    image_size: int = _f(0, "resize folder images to N x N pixels; 0 = keep their (common, square) size")
+    shapes_train: int = _f(4000, "shapes dataset: number of training images")
+    shapes_test: int = _f(1000, "shapes dataset: number of test images")
+
+    # --- augmentation (train split only, batched on the device) ---------------------------
+    crop_padding: int = _f(4, "random crop after padding by this many pixels per side (0 = off)")
+    pad_mode: str = _f("zeros", "padding for the random crop: zeros (the dataset mean) | reflect")
+    flip: bool = _f(True, "random horizontal flip with p=0.5")
+    cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)")
+    cutout_p: float = _f(1.0, "probability of applying cutout to a sample")
+    affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)")
+    affine_shift: float = _f(0.0625, "affine: max shift as a fraction of the image side")
+    affine_scale: float = _f(0.1, "affine: max relative scale change (0.1 = 0.9x..1.1x)")
+    affine_rotate: float = _f(15.0, "affine: max rotation in degrees")
+    grayscale_p: float = _f(0.0, "probability of converting a sample to grayscale")
+    jitter_p: float = _f(0.0, "probability of brightness/contrast jitter per sample")
+    brightness: float = _f(0.2, "jitter: max brightness change (fraction)")
+    contrast: float = _f(0.2, "jitter: max contrast change (fraction)")
+
+    # --- model --------------------------------------------------------------------------
+    model: str = _f("resnet18", "registered model name")
+    norm: str = _f("batch", "normalisation layers: batch | group | layer (ResNets, custom_resnet, fastnet)")
+    groups: int = _f(8, "number of groups for --norm group")
+    dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)")
+    width: float = _f(1.0, "channel width multiplier (fastnet)")
+
+    # --- optimisation -------------------------------------------------------------------
+    epochs: int = _f(20, "number of training epochs")
+    batch_size: int = _f(512, "images per step per process (under torchrun the global batch is this x world size)")
+    optimizer: str = _f("sgd", "sgd | adam | adamw")
+    lr: Any = _f(0.4, "learning rate: the peak for onecycle, the start for the others; 'auto' = LR finder suggestion")
+    momentum: float = _f(0.9, "SGD momentum (Adam beta1)")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD")
+    weight_decay: float = _f(5e-4, "L2 weight decay (decoupled for adamw)")
+    bias_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (their weight decay is divided by it)")
+    scheduler: str = _f("onecycle", "onecycle | cosine | step | exponential | plateau | none")
+    pct_start: float = _f(0.25, "onecycle: fraction of steps spent warming up")
+    div_factor: float = _f(10.0, "onecycle: start LR = lr / div_factor")
+    final_div_factor: float = _f(100.0, "onecycle: final LR = start LR / final_div_factor")
+    anneal: str = _f("linear", "onecycle: linear | cos")
+    cycle_momentum: bool = _f(False, "onecycle: cycle momentum inversely to the LR")
+    warmup_epochs: float = _f(0.0, "cosine/step/exponential/plateau: linear warm-up length in epochs (per step)")
+    step_size: int = _f(10, "step: epochs between LR drops")
+    step_gamma: float = _f(0.1, "step: LR factor at each drop")
+    exp_gamma: float = _f(0.95, "exponential: LR factor per epoch")
+    plateau_patience: int = _f(2, "plateau: epochs without test-loss improvement before a drop")
+    plateau_factor: float = _f(0.1, "plateau: LR factor at a drop")
+    plateau_threshold: float = _f(1e-4, "plateau: relative improvement that counts")
+    min_lr: float = _f(0.0, "plateau: lower bound on the LR")
+    label_smoothing: float = _f(0.1, "label smoothing of the training loss (the test loss is plain cross-entropy)")
+    l1: float = _f(0.0, "L1 penalty lambda on the weights (added to the backpropagated loss, reported apart)")
+    grad_clip: float = _f(0.0, "clip gradients to this max norm/value (0 = off)")
+    grad_clip_mode: str = _f("norm", "norm (global L2 norm) | value (element-wise)")
+
+    # --- runtime ------------------------------------------------------------------------
+    seed: int = _f(1, "random seed: same seed, same run on CPU")
+    device: str = _f("auto", "auto | cpu | cuda | mps")
+    precision: str = _f("auto", "auto (bf16 on CUDA when supported, else fp16; fp32 elsewhere) | fp32 | bf16 | fp16")
+    channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    compile: bool = _f(False, "torch.compile the model (CUDA)")
+    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm under torchrun")
+    tta: str = _f("flip_translate", "test-time augmentation for the final evaluation, reported next to the plain accuracy: none | flip | flip_translate")
+    log_every: int = _f(10, "steps between progress-bar updates (each update syncs with the device)")
+    progress: bool = _f(True, "show tqdm progress bars")
+
+    # --- output and analysis -------------------------------------------------------------
+    out: str = _f("", "run folder; '' = runs/<timestamp>-<model>")
+    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = _f(False, "replace an existing run in --out")
+    analysis: bool = _f(True, "after training, write the pictures, report.md and CAM metrics")
+    cam_method: str = _f("gradcam", "gradcam | gradcam++ | xgradcam | layercam | eigencam | scorecam")
+    cam_layer: str = _f("", "dotted module name for CAMs; '' = the model's default (a layer of at least 8x8)")
+    cam_smooth: str = _f("none", "CAM smoothing: none | aug | eigen")
+    num_images: int = _f(10, "misclassified images (and their CAMs) to show")
+    lr_find: bool = _f(False, "run the LR range test before training and save its plot")
+    lr_find_iters: int = _f(100, "LR finder: number of steps in the sweep")
+    readme_images: bool = _f(False, "also copy the images to image/README/")
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (YAML- and checkpoint-safe)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with ``changes`` applied."""
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    @property
+    def lr_is_auto(self) -> bool:
+        return isinstance(self.lr, str) and self.lr == "auto"
+
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise :class:`ConfigError` with one line naming the fix."""
+        _check_types(self)
+        _check_choices(self)
+        _check_ranges(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Recipes: named presets, applied under YAML values and explicit flags.
+# ---------------------------------------------------------------------------------------
+RECIPES: dict[str, dict[str, Any]] = {
+    # The assignment, tuned for 20 epochs: ResNet18, crop+flip+cutout, SGD nesterov,
+    # OneCycle with linear warm-up/decay, label smoothing, TTA reported at the end.
+    "resnet18": dict(
+        model="resnet18", epochs=20, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
+        nesterov=True, weight_decay=5e-4, scheduler="onecycle", pct_start=0.25,
+        div_factor=10.0, final_div_factor=100.0, anneal="linear", cycle_momentum=False,
+        label_smoothing=0.1, crop_padding=4, pad_mode="zeros", flip=True, cutout=16,
+        tta="flip_translate",
+    ),
+    # fastnet tuned for the shortest time to a target accuracy (see benchmarks/RESULTS.md):
+    # small translations with reflect padding and flips, a high LR on the norm biases,
+    # heavy label smoothing, a short triangular OneCycle.
+    "fast": dict(
+        model="fastnet", epochs=8, batch_size=512, optimizer="sgd", lr=1.0, momentum=0.85,
+        nesterov=True, weight_decay=2e-3, bias_lr_scale=64.0, scheduler="onecycle",
+        pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
+        cycle_momentum=False, label_smoothing=0.2, crop_padding=2, pad_mode="reflect",
+        flip=True, cutout=0, tta="flip_translate",
+    ),
+}
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def field_names() -> list[str]:
+    return list(_FIELDS)
+
+
+def field_help(name: str) -> str:
+    return _FIELDS[name].metadata.get("help", "")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name, f in _FIELDS.items():
+        value = getattr(cfg, name)
+        default = f.default
+        if name == "lr":
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or value == "auto"
+            want = "a number or 'auto'"
+        elif isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise ConfigError(f"{_flag(name)} must be {want}, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(cfg, name, float(value))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_flag(name)} must be finite, got {value!r}")
+    if isinstance(cfg.lr, int):
+        cfg.lr = float(cfg.lr)
+
+
+def _one_of(name: str, value: str, choices) -> None:
+    if value not in choices:
+        listed = ", ".join(sorted(choices))
+        raise ConfigError(f"{_flag(name)} {value!r} is not valid; choose one of: {listed}")
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    # Registries are imported here (not at module import) to keep import order simple.
+    from .cam import CAM_METHODS
+    from .data import DATASETS
+    from .engine import OPTIMIZERS, SCHEDULERS
+    from .models import MODELS
+
+    if cfg.recipe:
+        _one_of("recipe", cfg.recipe, RECIPES)
+    _one_of("dataset", cfg.dataset, DATASETS)
+    _one_of("model", cfg.model, MODELS)
+    _one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+    _one_of("scheduler", cfg.scheduler, SCHEDULERS)
+    _one_of("cam_method", cfg.cam_method, CAM_METHODS)
+    _one_of("cam_smooth", cfg.cam_smooth, CAM_SMOOTH)
+    _one_of("precision", cfg.precision, PRECISIONS)
+    _one_of("device", cfg.device, DEVICES)
+    _one_of("norm", cfg.norm, NORMS)
+    _one_of("tta", cfg.tta, TTA_MODES)
+    _one_of("pad_mode", cfg.pad_mode, PAD_MODES)
+    _one_of("anneal", cfg.anneal, ANNEAL)
+    _one_of("grad_clip_mode", cfg.grad_clip_mode, CLIP_MODES)
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    def need(cond: bool, name: str, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"{_flag(name)} must be {what}, got {getattr(cfg, name)!r}")
+
+    need(cfg.epochs >= 1, "epochs", ">= 1")
+    need(cfg.batch_size >= 1, "batch_size", ">= 1")
+    if not cfg.lr_is_auto:
+        need(cfg.lr > 0, "lr", "> 0 (or 'auto')")
+    need(0 <= cfg.momentum < 1, "momentum", "in [0, 1)")
+    need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
+    need(cfg.bias_lr_scale > 0, "bias_lr_scale", "> 0")
+    need(0 < cfg.pct_start < 1, "pct_start", "in (0, 1)")
+    need(cfg.div_factor > 0, "div_factor", "> 0")
+    need(cfg.final_div_factor > 0, "final_div_factor", "> 0")
+    need(0 <= cfg.warmup_epochs < cfg.epochs, "warmup_epochs", f">= 0 and < --epochs ({cfg.epochs})")
+    need(cfg.step_size >= 1, "step_size", ">= 1")
+    need(0 < cfg.step_gamma <= 1, "step_gamma", "in (0, 1]")
+    need(0 < cfg.exp_gamma <= 1, "exp_gamma", "in (0, 1]")
+    need(cfg.plateau_patience >= 0, "plateau_patience", ">= 0")
+    need(0 < cfg.plateau_factor < 1, "plateau_factor", "in (0, 1)")
+    need(cfg.plateau_threshold >= 0, "plateau_threshold", ">= 0")
+    need(cfg.min_lr >= 0, "min_lr", ">= 0")
+    need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
+    need(cfg.l1 >= 0, "l1", ">= 0")
+    need(cfg.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
+    need(cfg.seed >= 0, "seed", ">= 0")
+    need(cfg.log_every >= 1, "log_every", ">= 1")
+    need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
+    need(cfg.shapes_train >= 10, "shapes_train", ">= 10")
+    need(cfg.shapes_test >= 1, "shapes_test", ">= 1")
+    need(cfg.crop_padding >= 0, "crop_padding", ">= 0 (0 = off)")
+    need(cfg.cutout >= 0, "cutout", ">= 0 (0 = off)")
+    for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p"):
+        need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")
+    need(0 <= cfg.affine_shift <= 0.5, "affine_shift", "in [0, 0.5]")
+    need(0 <= cfg.affine_scale < 1, "affine_scale", "in [0, 1)")
+    need(0 <= cfg.affine_rotate <= 180, "affine_rotate", "in [0, 180] degrees")
+    need(0 <= cfg.brightness < 1, "brightness", "in [0, 1)")
+    need(0 <= cfg.contrast < 1, "contrast", "in [0, 1)")
+    need(0 <= cfg.dropout < 1, "dropout", "in [0, 1)")
+    need(cfg.groups >= 1, "groups", ">= 1")
+    need(cfg.width > 0, "width", "> 0")
+    need(cfg.num_images >= 1, "num_images", ">= 1")
+    need(cfg.lr_find_iters >= 10, "lr_find_iters", ">= 10")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; give one of them")
+    if cfg.resume and not cfg.out:
+        raise ConfigError("--resume needs --out RUN_DIR (the run folder to continue)")
+
+
+# ---------------------------------------------------------------------------------------
+# Building a config from layers.
+# ---------------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (``yaml.safe_load`` only) and check its keys.
+
+    Raises:
+        ConfigError: the file is missing, is not a mapping, or has unknown keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+    unknown = sorted(str(k) for k in data if k not in _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path} has unknown key(s): {', '.join(unknown)}; "
+            f"valid keys are the TrainConfig fields (see --help)"
+        )
+    return data
+
+
+def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> TrainConfig:
+    """Resolve a config: defaults < base (e.g. a resumed run's config) < recipe < YAML < flags.
+
+    Args:
+        yaml_values: values read by :func:`load_yaml`.
+        flags: values given explicitly on the command line (or by a caller).
+        base: a full config to start from instead of the defaults.
+
+    Returns:
+        A validated :class:`TrainConfig`.
+    """
+    yaml_values = dict(yaml_values or {})
+    flags = dict(flags or {})
+    unknown = sorted(k for k in list(yaml_values) + list(flags) if k not in _FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = dict(base or {})
+    values = {k: v for k, v in values.items() if k in _FIELDS}
+    recipe = flags.get("recipe", yaml_values.get("recipe", values.get("recipe", "")))
+    if recipe:
+        if recipe not in RECIPES:
+            _one_of("recipe", recipe, RECIPES)
+        # A recipe chosen now (not inherited from a resumed base) is applied over the base.
+        if recipe != values.get("recipe"):
+            values.update(RECIPES[recipe])
+    values.update(yaml_values)
+    values.update(flags)
+    values["recipe"] = recipe
+    cfg = TrainConfig(**values)
+    return cfg.validate()
+
+
+def recipe_names() -> list[str]:
+    return sorted(RECIPES)

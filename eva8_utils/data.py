@@ -1,0 +1,627 @@
+"""Data sources and the in-memory device loader.
+
+A source returns a :class:`Splits`: uint8 images ``(N, H, W, 3)``, int64 labels and
+class names for a train and a test split, plus the per-channel mean/std of the train
+split (measured, never ImageNet constants). Sources, by name in :data:`DATASETS`:
+
+- ``cifar10``: torchvision's CIFAR10 download into a cache folder.
+- ``folder``: an ImageFolder layout ``ROOT/{train,test|val}/<class>/*`` or the
+  TinyImageNet layout (``val/images`` + ``val_annotations.txt``); decoded once and
+  cached as an ``.npz`` keyed by the file list, sizes and mtimes.
+- ``shapes``: procedural coloured shapes on a noisy background, made offline from a
+  seed, with each object's bounding box (for CAM faithfulness checks).
+
+:class:`DeviceLoader` keeps a whole split as uint8 on the training device and yields
+normalised, augmented float batches: the training step never waits on Python per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import augment as A
+from .errors import DataError
+from .utils import atomic_path
+
+logger = logging.getLogger("eva8_utils")
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SHAPE_CLASSES = ("circle", "square", "triangle", "plus", "ring", "diamond", "x", "hbar", "vbar", "frame")
+_CACHE_VERSION = 1
+
+
+@dataclass
+class Splits:
+    """A dataset in memory.
+
+    Attributes:
+        x_train, x_test: uint8 arrays (N, H, W, 3).
+        y_train, y_test: int64 arrays (N,).
+        classes: class names, index = label.
+        mean, std: per-channel statistics of ``x_train`` in [0, 1] units.
+        boxes_test, boxes_train: optional int arrays (N, 4) of object boxes
+            ``(y0, x0, y1, x1)``, inclusive pixel coordinates (``shapes`` only).
+        name: source name for logs and reports.
+        skipped_files: non-image files that were ignored (``folder`` only).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    boxes_train: np.ndarray | None = None
+    boxes_test: np.ndarray | None = None
+    name: str = ""
+    skipped_files: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def __post_init__(self) -> None:
+        if self.mean is None or self.std is None:
+            self.mean, self.std = channel_stats(self.x_train)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, H, W, 3), in [0, 1] units.
+
+    Computed in float64 over chunks, so 50,000 CIFAR images need little memory.
+    """
+    n = images.shape[0]
+    s = np.zeros(3)
+    ss = np.zeros(3)
+    count = 0
+    for i in range(0, n, chunk):
+        block = images[i:i + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        s += block.sum(0)
+        ss += (block * block).sum(0)
+        count += block.shape[0]
+    mean = s / count
+    std = np.sqrt(np.maximum(ss / count - mean * mean, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Number of samples per class, (num_classes,) int64."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+
+
+# ---------------------------------------------------------------------------------------
+# cifar10
+# ---------------------------------------------------------------------------------------
+def load_cifar10(data_dir: str | Path = "./data", download: bool = True) -> Splits:
+    """CIFAR-10 through torchvision, downloaded into ``data_dir`` on first use.
+
+    Raises:
+        DataError: the files are missing and cannot be downloaded (e.g. offline).
+    """
+    from torchvision.datasets import CIFAR10
+
+    data_dir = str(data_dir)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)
+    try:
+        train = CIFAR10(data_dir, train=True, download=download)
+        test = CIFAR10(data_dir, train=False, download=download)
+    except Exception as e:  # network errors come in many types (URLError, OSError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"could not get CIFAR-10 into {data_dir} ({reason[:120]}); offline, use "
+            f"--dataset folder --data-dir DIR (an image folder with train/ and test/) or --dataset shapes"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return Splits(
+        x_train=np.ascontiguousarray(train.data), y_train=np.asarray(train.targets, dtype=np.int64),
+        x_test=np.ascontiguousarray(test.data), y_test=np.asarray(test.targets, dtype=np.int64),
+        classes=list(train.classes), name="cifar10",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# folder (ImageFolder and TinyImageNet layouts)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _SplitFiles:
+    files: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """All image files under ``folder`` (recursively, sorted) and the non-image files."""
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            (images if _is_image(p) else others).append(p)
+    return images, others
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _scan_class_split(split_dir: Path, class_to_idx: dict[str, int]) -> _SplitFiles:
+    out = _SplitFiles()
+    for name in _class_folders(split_dir):
+        if name not in class_to_idx:
+            raise DataError(
+                f"{split_dir / name} is a class folder that train/ does not have; "
+                f"the test split must use the training classes"
+            )
+        images, others = _walk_images(split_dir / name)
+        if not images:
+            raise DataError(f"class folder {split_dir / name} holds no images; add images or remove the folder")
+        out.files += images
+        out.labels += [class_to_idx[name]] * len(images)
+        out.skipped += others
+    return out
+
+
+def _scan_annotated_split(split_dir: Path, class_to_idx: dict[str, int]) -> _SplitFiles:
+    """TinyImageNet's val layout: ``images/*`` and ``val_annotations.txt`` (file<TAB>class...)."""
+    out = _SplitFiles()
+    ann = split_dir / "val_annotations.txt"
+    for lineno, line in enumerate(ann.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{ann} line {lineno} is not 'file<TAB>class'; fix or remove that line")
+        fname, cls = parts[0].strip(), parts[1].strip()
+        if cls not in class_to_idx:
+            raise DataError(f"{ann} line {lineno} names class {cls!r}, which train/ does not have")
+        path = split_dir / "images" / fname
+        if not path.is_file():
+            raise DataError(f"{ann} line {lineno} names {path}, which does not exist")
+        out.files.append(path)
+        out.labels.append(class_to_idx[cls])
+    if not out.files:
+        raise DataError(f"{ann} lists no images")
+    return out
+
+
+def _test_split_dir(root: Path) -> Path:
+    """Prefer ``test/`` when it holds labelled class folders, else ``val/``."""
+    for name in ("test", "val"):
+        d = root / name
+        if not d.is_dir():
+            continue
+        if (d / "val_annotations.txt").is_file():
+            return d
+        classes = _class_folders(d)
+        # TinyImageNet's test/ is an unlabelled images/ folder: not usable for testing.
+        if classes and not (classes == ["images"] and not (d / "val_annotations.txt").exists()):
+            return d
+    raise DataError(
+        f"{root} has no labelled test split; expected {root}/test/<class>/* or {root}/val/<class>/* "
+        f"(or val/images + val/val_annotations.txt)"
+    )
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            if image_size and im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except Exception as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
+                        f"remove or replace the file") from None
+
+
+def _decode_all(files: Sequence[Path], image_size: int) -> np.ndarray:
+    if not files:
+        raise DataError("no images found")
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # PIL decodes without holding the GIL
+        arrays = list(pool.map(lambda p: _decode(p, image_size), files, chunksize=64))
+    first = arrays[0].shape
+    for path, arr in zip(files, arrays):
+        if arr.shape != first:
+            raise DataError(
+                f"images have different sizes: {files[0]} is {first[1]}x{first[0]} and {path} is "
+                f"{arr.shape[1]}x{arr.shape[0]}; pass --image-size N to resize all to N x N"
+            )
+    if first[0] != first[1]:
+        raise DataError(f"images are {first[1]}x{first[0]}, not square ({files[0]}); "
+                        f"pass --image-size N to resize them to N x N")
+    return np.stack(arrays)
+
+
+def _cache_key(root: Path, splits: dict[str, _SplitFiles], image_size: int) -> str:
+    h = hashlib.sha1(f"v{_CACHE_VERSION}|{root.resolve()}|{image_size}".encode())
+    for name, sf in splits.items():
+        h.update(name.encode())
+        for p, y in zip(sf.files, sf.labels):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "eva8_utils"
+
+
+def load_folder(root: str | Path, image_size: int = 0, cache_dir: str | Path | None = "") -> Splits:
+    """Images from ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (or ``val``).
+
+    Also reads TinyImageNet's ``val/images`` + ``val_annotations.txt`` directly. Images
+    are converted to RGB; ``image_size`` > 0 resizes all of them to that square size.
+    Non-image files are skipped with a warning.
+
+    Args:
+        root: dataset root.
+        image_size: target side in pixels, 0 to keep the (common, square) size.
+        cache_dir: where the decoded arrays are cached; ``""`` = the user cache,
+            ``None`` or ``"off"`` = no cache.
+
+    Raises:
+        DataError: missing folders, empty class folders, unreadable images, mixed sizes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} does not exist; give the folder that holds train/ and test/")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"{root} has no train/ folder; expected {root}/train/<class>/* and {root}/test/<class>/*")
+    classes = _class_folders(train_dir)
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders; expected {train_dir}/<class>/<image files>")
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    test_dir = _test_split_dir(root)
+    scans = {"train": _scan_class_split(train_dir, class_to_idx)}
+    scans["test"] = (_scan_annotated_split(test_dir, class_to_idx)
+                     if (test_dir / "val_annotations.txt").is_file()
+                     else _scan_class_split(test_dir, class_to_idx))
+    skipped = scans["train"].skipped + scans["test"].skipped
+    if skipped:
+        logger.warning("skipped %d non-image file(s) in %s, e.g. %s", len(skipped), root, skipped[0])
+
+    cache_file = None
+    if cache_dir not in (None, "off"):
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        cache_file = cache_root / f"folder-{_cache_key(root, scans, image_size)}.npz"
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file) as z:
+                    arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+                logger.info("loaded decoded images from cache %s", cache_file)
+                return Splits(**arrays, classes=classes, name=f"folder:{root.name}", skipped_files=len(skipped))
+            except Exception:
+                logger.warning("ignoring unreadable cache file %s; decoding again", cache_file)
+
+    x_train = _decode_all(scans["train"].files, image_size)
+    x_test = _decode_all(scans["test"].files, image_size)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(
+            f"train images are {x_train.shape[2]}x{x_train.shape[1]} but test images are "
+            f"{x_test.shape[2]}x{x_test.shape[1]}; pass --image-size N to resize both"
+        )
+    arrays = dict(x_train=x_train, y_train=np.asarray(scans["train"].labels, dtype=np.int64),
+                  x_test=x_test, y_test=np.asarray(scans["test"].labels, dtype=np.int64))
+    if cache_file is not None:
+        try:
+            with atomic_path(cache_file) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        except OSError as e:
+            logger.warning("could not write the cache %s (%s); continuing without it", cache_file, e)
+    return Splits(**arrays, classes=classes, name=f"folder:{root.name}", skipped_files=len(skipped))
+
+
+# ---------------------------------------------------------------------------------------
+# shapes: procedural, offline, labels and boxes known by construction
+# ---------------------------------------------------------------------------------------
+def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean mask of shape class ``k`` in unit coordinates ``u, v`` (radius 1 = the shape's size)."""
+    au, av = np.abs(u), np.abs(v)
+    rr = np.sqrt(u * u + v * v)
+    cheb = np.maximum(au, av)
+    if k == 0:
+        return rr <= 1.0                                                 # circle
+    if k == 1:
+        return cheb <= 0.8                                               # square
+    if k == 2:
+        return (v >= -0.85) & (v <= 0.85) & (au <= (v + 0.85) * 0.6)     # triangle, apex up
+    if k == 3:
+        return ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0))  # plus
+    if k == 4:
+        return (rr <= 1.0) & (rr >= 0.6)                                 # ring
+    if k == 5:
+        return au + av <= 1.0                                            # diamond
+    if k == 6:
+        return (np.abs(au - av) <= 0.3) & (cheb <= 0.85)                 # x
+    if k == 7:
+        return (au <= 1.0) & (av <= 0.3)                                 # horizontal bar
+    if k == 8:
+        return (au <= 0.3) & (av <= 1.0)                                 # vertical bar
+    return (cheb <= 0.9) & (cheb >= 0.55)                                # frame
+
+
+def _shape_masks(labels: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean masks (N, H, W) of each sample's shape."""
+    out = np.zeros(u.shape, dtype=bool)
+    for k in range(len(SHAPE_CLASSES)):
+        sel = labels == k
+        if sel.any():
+            out[sel] = _shape_mask(k, u[sel], v[sel])
+    return out
+
+
+def _render_shapes(n: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = rng.integers(0, len(SHAPE_CLASSES), n)
+    radius = rng.uniform(0.13 * size, 0.25 * size, n)
+    cy = rng.uniform(radius, size - 1 - radius)
+    cx = rng.uniform(radius, size - 1 - radius)
+    bg = rng.uniform(0.0, 1.0, (n, 3))
+    fg = rng.uniform(0.0, 1.0, (n, 3))
+    close = np.linalg.norm(fg - bg, axis=1) < 0.5
+    fg[close] = (bg[close] + 0.5) % 1.0                 # keep the object visible
+    noise = rng.normal(0.0, 1.0, (n, size, size, 3))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    u = (xx[None] - cx[:, None, None]) / radius[:, None, None]
+    v = (yy[None] - cy[:, None, None]) / radius[:, None, None]
+    masks = _shape_masks(labels, u, v)
+    # A noisy background and a nearly flat object: figure and ground differ locally,
+    # so evidence for the class sits on the object (what the CAM checks rely on).
+    img = np.where(masks[..., None], fg[:, None, None, :] + 0.02 * noise, bg[:, None, None, :] + 0.10 * noise)
+    images = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    boxes = np.stack([rows.argmax(1), cols.argmax(1),
+                      size - 1 - rows[:, ::-1].argmax(1), size - 1 - cols[:, ::-1].argmax(1)], axis=1)
+    return images, labels.astype(np.int64), boxes.astype(np.int64)
+
+
+def make_shapes(n_train: int = 4000, n_test: int = 1000, seed: int = 0, size: int = 32) -> Splits:
+    """Procedural dataset: 10 classes of coloured shapes at random position, scale and colour.
+
+    The train and test splits come from independent child seeds, so the same ``seed``
+    gives the same bytes and the test split does not depend on ``n_train``.
+    Boxes are the tight bounding boxes of each object's pixels.
+    """
+    s_train, s_test = np.random.SeedSequence(seed).spawn(2)
+    xtr, ytr, btr = _render_shapes(n_train, np.random.default_rng(s_train), size)
+    xte, yte, bte = _render_shapes(n_test, np.random.default_rng(s_test), size)
+    return Splits(x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, classes=list(SHAPE_CLASSES),
+                  boxes_train=btr, boxes_test=bte, name="shapes")
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+def _from_cfg_cifar10(cfg: Any) -> Splits:
+    return load_cifar10(cfg.data_dir)
+
+
+def _from_cfg_folder(cfg: Any) -> Splits:
+    return load_folder(cfg.data_dir, image_size=cfg.image_size, cache_dir=cfg.cache_dir)
+
+
+def _from_cfg_shapes(cfg: Any) -> Splits:
+    return make_shapes(cfg.shapes_train, cfg.shapes_test, seed=cfg.seed)
+
+
+DATASETS: dict[str, Callable[[Any], Splits]] = {
+    "cifar10": _from_cfg_cifar10,
+    "folder": _from_cfg_folder,
+    "shapes": _from_cfg_shapes,
+}
+
+
+def load_dataset(cfg: Any) -> Splits:
+    """Load the dataset a config names (``cfg.dataset``), resized if ``cfg.image_size`` asks."""
+    splits = DATASETS[cfg.dataset](cfg)
+    if cfg.image_size and splits.image_size != cfg.image_size:
+        splits = resize_splits(splits, cfg.image_size)
+    return splits
+
+
+def resize_splits(splits: Splits, size: int) -> Splits:
+    """Bilinearly resize both splits to ``size`` x ``size`` (boxes are dropped)."""
+    def resize(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+        return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+    boxes = None
+    if splits.boxes_test is not None:
+        scale = size / splits.image_size
+        boxes = np.clip(np.floor(splits.boxes_test * scale).astype(np.int64), 0, size - 1)
+    return Splits(x_train=resize(splits.x_train), y_train=splits.y_train, x_test=resize(splits.x_test),
+                  y_test=splits.y_test, classes=splits.classes, boxes_test=boxes, name=splits.name)
+
+
+# ---------------------------------------------------------------------------------------
+# The device loader
+# ---------------------------------------------------------------------------------------
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A generator seed for (seed, epoch): resumed runs redraw exactly the same epoch."""
+    return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**63 - 1)
+
+
+class DeviceLoader:
+    """Batches from a split held as uint8 on ``device``.
+
+    Train mode: a fresh permutation and fresh augmentation parameters per epoch, both
+    drawn from ``(seed, epoch)``; every index is used once per epoch (a last batch
+    smaller than 2 per rank is merged into the previous one, which keeps BatchNorm
+    happy). Test mode: fixed order, last partial batch kept.
+
+    Under torchrun each rank gets a contiguous part of every global batch (train) or
+    a contiguous shard of the split (test), so the global batch is ``batch_size *
+    world_size`` and every test image is seen exactly once.
+
+    Args:
+        images: uint8 (N, H, W, 3) numpy array or tensor.
+        labels: int labels (N,).
+        batch_size: images per batch per rank.
+        mean, std: per-channel normalisation (in [0, 1] units).
+        device: where images live and batches are made.
+        train: shuffle and augment.
+        aug: augmentation settings (train only); None = no augmentation.
+        seed: base seed.
+        rank, world_size: this process's place under torchrun.
+        channels_last: return batches in channels_last memory format.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                 batch_size: int, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu", train: bool = False,
+                 aug: A.AugmentConfig | None = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, channels_last: bool = False):
+        self.device = torch.device(device)
+        x = torch.as_tensor(images)
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+        # (N, H, W, 3) -> (N, 3, H, W), stored contiguously on the device once.
+        self.images = x.permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        if len(self.labels) != len(self.images):
+            raise ValueError("images and labels differ in length")
+        self.batch_size = int(batch_size)
+        self.train = train
+        self.aug = aug if train else None
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._mean_t, self._std_t = mean_t, std_t
+        # normalise(u8) = u8 * scale - shift, one fused multiply-subtract per batch.
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = mean_t / std_t
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation and augmentations the next pass uses."""
+        self.epoch = int(epoch)
+
+    def _plan(self) -> list[tuple[int, int]]:
+        """(start, end) positions of this rank's batches within the epoch order."""
+        n, w = self.num_samples, self.world_size
+        if not self.train:
+            shard = torch.tensor_split(torch.arange(n), w)[self.rank]
+            if len(shard) == 0:
+                return []
+            lo, hi = int(shard[0]), int(shard[-1]) + 1
+            return [(s, min(s + self.batch_size, hi)) for s in range(lo, hi, self.batch_size)]
+        g = self.batch_size * w
+        bounds = [(s, min(s + g, n)) for s in range(0, n, g)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * w:
+            bounds[-2] = (bounds[-2][0], n)
+            bounds.pop()
+        plan = []
+        for s, e in bounds:
+            part = torch.tensor_split(torch.arange(s, e), w)[self.rank]
+            plan.append((int(part[0]), int(part[-1]) + 1))
+        return plan
+
+    def epoch_order(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The epoch's permutation (N,) and augmentation parameters, on the CPU."""
+        n = self.num_samples
+        if not self.train:
+            return torch.arange(n), {}
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        perm = torch.randperm(n, generator=g)
+        params = A.sample_params(n, self.aug, self.image_size, g) if self.aug is not None else {}
+        return perm, params
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm, params = self.epoch_order()
+        perm = perm.to(self.device, non_blocking=True)
+        params = {k: v.to(self.device, non_blocking=True) for k, v in params.items()}
+        for start, end in self._plan():
+            idx = perm[start:end]
+            x = self.images.index_select(0, idx)
+            y = self.labels.index_select(0, idx)
+            yield self.transform(x, A.slice_params(params, slice(start, end))), y
+
+    def transform(self, x_u8: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """uint8 (B,3,H,W) on the device -> normalised (augmented) float batch."""
+        if self.aug is not None and params and self.aug.colour:
+            x = A.apply_colour(x_u8.float().div_(255), params)
+            x = (x - self._mean_t) / self._std_t
+        else:
+            x = x_u8.float().mul_(self._scale).sub_(self._shift)
+        if self.aug is not None and params:
+            x = A.apply_geometric(x, params, self.aug)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def batch_at(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised, un-augmented images and labels at ``indices`` (for analysis)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.device)
+        x = self.images.index_select(0, idx).float().mul_(self._scale).sub_(self._shift)
+        return x, self.labels.index_select(0, idx)
+
+
+def make_loaders(splits: Splits, cfg: Any, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> tuple[DeviceLoader, DeviceLoader]:
+    """Train and test :class:`DeviceLoader` for a config (augmentation from ``cfg``)."""
+    channels_last = bool(cfg.channels_last and device.type == "cuda")
+    aug = A.AugmentConfig.from_config(cfg)
+    train = DeviceLoader(splits.x_train, splits.y_train, batch_size=cfg.batch_size, mean=splits.mean,
+                         std=splits.std, device=device, train=True, aug=aug, seed=cfg.seed, rank=rank,
+                         world_size=world_size, channels_last=channels_last)
+    test = DeviceLoader(splits.x_test, splits.y_test, batch_size=max(cfg.batch_size, 256),
+                        mean=splits.mean, std=splits.std, device=device, train=False, rank=rank,
+                        world_size=world_size, channels_last=channels_last)
+    return train, test
+
+
+def dataset_stats(splits: Splits) -> dict[str, Any]:
+    """Per-channel mean/std of both splits and class counts, for the ``stats`` command."""
+    test_mean, test_std = channel_stats(splits.x_test)
+    return {
+        "image_size": splits.image_size, "n_train": int(len(splits.y_train)), "n_test": int(len(splits.y_test)),
+        "mean": splits.mean, "std": splits.std, "test_mean": test_mean, "test_std": test_std,
+        "train_counts": class_counts(splits.y_train, splits.num_classes).tolist(),
+        "test_counts": class_counts(splits.y_test, splits.num_classes).tolist(),
+    }

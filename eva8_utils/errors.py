@@ -1,0 +1,56 @@
+"""Exception types for mistakes a user can fix.
+
+Entry points (``main.py``) turn every :class:`UserError` into one line on stderr and
+exit code 2; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the input (flags, config, data, checkpoint) that the user can fix.
+
+    The message is one line that says what is wrong and what to do.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """An unknown name, a wrong type or a value out of range in the config."""
+
+
+class DataError(UserError):
+    """A dataset that cannot be read: missing folder, corrupt image, mixed sizes, ..."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt, unsafe or made for another model."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+    def __init__(self, epoch: int, batch: int, lr: float | None = None):
+        self.epoch, self.batch, self.lr = epoch, batch, lr
+        at_lr = f" at LR {lr:.3g}" if lr is not None else ""
+        super().__init__(
+            f"non-finite loss in epoch {epoch}, batch {batch}{at_lr}: training stopped and "
+            f"the last good checkpoint is kept; lower the learning rate (--lr) or add "
+            f"--grad-clip, then start again or --resume"
+        )
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training was stopped on request (Ctrl-C / SIGINT / SIGTERM) at a batch boundary."""
+
+    exit_code = 130
+
+    def __init__(self, epoch: int, batch: int, completed_epochs: int):
+        self.epoch, self.batch, self.completed_epochs = epoch, batch, completed_epochs
+        super().__init__(
+            f"interrupted in epoch {epoch} at batch {batch}; "
+            f"{completed_epochs} completed epoch(s) are saved"
+        )
