@@ -16,7 +16,7 @@ from .data import DeviceLoader, Splits, load_dataset, load_folder, make_loaders,
 from .engine import (Schedule, evaluate, fit, make_optimizer, optimizer_from_config, predict,  # noqa: E402
                      schedule_from_config, train_one_epoch)
 from .errors import CheckpointError, ConfigError, DataError, UserError  # noqa: E402
-from .models import MODELS, create_model, model_from_config, register_model  # noqa: E402
+from .models import MODELS, create_model, model_from_config, prepare_model, register_model  # noqa: E402
 from .utils import get_device, seed_everything, setup_logging  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def compute_cams(*args, **kwargs):
 __all__ = [
     "__version__", "TrainConfig", "build_config", "RECIPES", "Splits", "DeviceLoader", "load_dataset",
     "load_folder", "make_shapes", "make_loaders", "MODELS", "create_model", "model_from_config",
-    "register_model", "make_optimizer", "optimizer_from_config", "Schedule", "schedule_from_config",
+    "prepare_model", "register_model", "make_optimizer", "optimizer_from_config", "Schedule", "schedule_from_config",
     "train_one_epoch", "evaluate", "predict", "fit", "compute_cams", "get_device", "seed_everything",
     "setup_logging", "UserError", "ConfigError", "DataError", "CheckpointError",
 ]

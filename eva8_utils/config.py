@@ -104,8 +104,8 @@ class TrainConfig:
     # --- runtime ------------------------------------------------------------------------
     seed: int = _f(1, "random seed: same seed, same run on CPU")
     device: str = _f("auto", "auto | cpu | cuda | mps")
-    precision: str = _f("auto", "auto (bf16 on CUDA when supported, else fp16; fp32 elsewhere) | fp32 | bf16 | fp16")
-    channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, fp16 on older GPUs, else fp32) | fp32 | bf16 | fp16")
+    channels_last: bool = _f(True, "channels_last memory format (CUDA and CPU)")
     compile: bool = _f(False, "torch.compile the model (CUDA)")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm under torchrun")
     tta: str = _f("flip_translate", "test-time augmentation for the final evaluation, reported next to the plain accuracy: none | flip | flip_translate")

@@ -605,7 +605,7 @@ class DeviceLoader:
 def make_loaders(splits: Splits, cfg: Any, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> tuple[DeviceLoader, DeviceLoader]:
     """Train and test :class:`DeviceLoader` for a config (augmentation from ``cfg``)."""
-    channels_last = bool(cfg.channels_last and device.type == "cuda")
+    channels_last = bool(cfg.channels_last and device.type in ("cuda", "cpu"))
     aug = A.AugmentConfig.from_config(cfg)
     train = DeviceLoader(splits.x_train, splits.y_train, batch_size=cfg.batch_size, mean=splits.mean,
                          std=splits.std, device=device, train=True, aug=aug, seed=cfg.seed, rank=rank,

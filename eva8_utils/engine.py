@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from . import distributed as D
 from .data import epoch_seed
@@ -111,7 +111,9 @@ class Schedule:
     """Every LR policy behind two calls: :meth:`after_batch` after each optimizer step
     and :meth:`after_epoch` with the test loss after each evaluation.
 
-    - ``onecycle``: :class:`OneCycleLR`, stepped per batch (warm-up is its first phase).
+    - ``onecycle``: the one-cycle policy (as torch's OneCycleLR, but valid for any number
+      of steps), per batch: warm-up from lr/div_factor to lr, then down to
+      lr/(div_factor*final_div_factor); optionally cycles momentum 0.95 <-> 0.85.
     - ``cosine``: per-step cosine decay to 0 over the run.
     - ``step``: multiply by ``step_gamma`` every ``step_size`` epochs.
     - ``exponential``: multiply by ``exp_gamma`` every epoch.
@@ -135,28 +137,57 @@ class Schedule:
         self.total_steps = epochs * self.steps_per_epoch
         self.warmup_steps = 0 if name == "onecycle" else int(round(warmup_epochs * self.steps_per_epoch))
         self.step_size, self.step_gamma, self.exp_gamma = step_size, step_gamma, exp_gamma
+        self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor
+        self.anneal, self.cycle_momentum = anneal, cycle_momentum
         self.steps = 0
         self.base = [g["lr"] for g in optimizer.param_groups]
         self._sched: Any = None
-        if name == "onecycle":
-            self._sched = OneCycleLR(optimizer, max_lr=self.base, total_steps=self.total_steps,
-                                     pct_start=pct_start, anneal_strategy=anneal,
-                                     cycle_momentum=cycle_momentum, div_factor=div_factor,
-                                     final_div_factor=final_div_factor)
-        elif name == "plateau":
+        if name == "plateau":
             self._sched = ReduceLROnPlateau(optimizer, mode="min", factor=plateau_factor,
                                             patience=plateau_patience, threshold=plateau_threshold,
                                             min_lr=min_lr)
             self._apply_warmup()
         else:
             self._sched = LambdaLR(optimizer, self._factor)
+            if name == "onecycle" and cycle_momentum:
+                self._set_momentum()
 
     def _warm(self, step: int) -> float:
         return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
+    def _interp(self, a: float, b: float, t: float) -> float:
+        if self.anneal == "cos":
+            return b + (a - b) * 0.5 * (1 + math.cos(math.pi * t))
+        return a + (b - a) * t
+
+    def _onecycle(self, step: int) -> tuple[float, float]:
+        """(LR factor, position) of the one-cycle policy: up from 1/div_factor to 1 over
+        ``pct_start`` of the steps, then down to 1/(div_factor*final_div_factor) at the
+        last step; position is 0..1 in the warm-up and 1..2 in the decay."""
+        up = max(1, int(round(self.pct_start * self.total_steps)))
+        start = 1.0 / self.div_factor
+        end = start / self.final_div_factor
+        if step < up:
+            t = step / up
+            return self._interp(start, 1.0, t), t
+        t = min(1.0, (step - up) / max(1, self.total_steps - 1 - up))
+        return self._interp(1.0, end, t), 1.0 + t
+
+    def _set_momentum(self) -> None:
+        """With ``cycle_momentum``: momentum 0.95 -> 0.85 while the LR rises, then back."""
+        _, pos = self._onecycle(self.steps)
+        m = self._interp(0.95, 0.85, pos) if pos <= 1 else self._interp(0.85, 0.95, pos - 1)
+        for g in self.optimizer.param_groups:
+            if "betas" in g:
+                g["betas"] = (m, g["betas"][1])
+            elif "momentum" in g:
+                g["momentum"] = m
+
     def _factor(self, step: int) -> float:
         """LR multiplier for the step about to be taken (``step`` steps done so far)."""
         epoch = step // self.steps_per_epoch
+        if self.name == "onecycle":
+            return self._onecycle(step)[0]
         if self.name == "cosine":
             span = max(1, self.total_steps - self.warmup_steps)
             t = min(max(step - self.warmup_steps, 0), span) / span
@@ -176,13 +207,12 @@ class Schedule:
 
     def after_batch(self) -> None:
         self.steps += 1
-        if self.name == "onecycle":
-            if self.steps < self.total_steps:  # OneCycleLR refuses to step past its end
-                self._sched.step()
-        elif self.name == "plateau":
+        if self.name == "plateau":
             self._apply_warmup()
         else:
             self._sched.step()
+            if self.name == "onecycle" and self.cycle_momentum:
+                self._set_momentum()
 
     def after_epoch(self, test_loss: float) -> None:
         if self.name != "plateau":
@@ -202,11 +232,14 @@ class Schedule:
                 "total_steps": self.total_steps, "sched": self._sched.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name or state.get("total_steps") != self.total_steps:
+        if state.get("name") != self.name or (schedule_depends_on_length(self.name)
+                                               and state.get("total_steps") != self.total_steps):
             raise ValueError(f"schedule mismatch: checkpoint has {state.get('name')} over "
                              f"{state.get('total_steps')} steps, this run {self.name} over {self.total_steps}")
         self.steps, self.base = int(state["steps"]), list(state["base"])
         self._sched.load_state_dict(state["sched"])
+        if self.name == "onecycle" and self.cycle_momentum:
+            self._set_momentum()
 
 
 def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int) -> Schedule:
@@ -229,7 +262,11 @@ def schedule_depends_on_length(name: str) -> bool:
 # Precision
 # ---------------------------------------------------------------------------------------
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = full fp32)."""
+    """The autocast dtype for ``precision`` on ``device`` (None = full fp32).
+
+    ``auto``: bf16 on CUDA when supported (else fp16), bf16 on CPUs with native bf16,
+    fp32 elsewhere (MPS, older CPUs).
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -238,7 +275,18 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
     return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): then bf16 autocast
+    roughly doubles training speed; elsewhere it would be emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def make_scaler(device: torch.device, amp_dtype: torch.dtype | None):

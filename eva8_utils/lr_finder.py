@@ -78,7 +78,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
             optimizer.zero_grad(set_to_none=True)
             loss.float().backward()
             optimizer.step()
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 break
             avg = beta * avg + (1 - beta) * value

@@ -99,6 +99,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     config_path = ns.pop("config", None)
     yaml_values = load_yaml(config_path) if config_path else {}
     base = None
+    if ns.get("resume", yaml_values.get("resume", False)) and ns.get("overwrite", yaml_values.get("overwrite")):
+        raise ConfigError("--resume and --overwrite contradict each other; give one of them")
     if ns.get("resume", yaml_values.get("resume", False)):
         out = ns.get("out", yaml_values.get("out", ""))
         if not out:
@@ -201,13 +203,16 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
     from .data import load_dataset, make_loaders
     from .engine import (autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config, set_lr,
                          unwrap, write_run_files)
-    from .models import count_parameters, get_spec, model_from_config
+    from .models import count_parameters, get_spec, model_from_config, prepare_model
 
     cfg.validate()
     device = D.init_from_env(get_device(cfg.device))
     rank0 = D.is_main()
     run_dir = Path(cfg.out) if cfg.out else Path(D.broadcast_object(str(default_run_dir(cfg))))
     check_run_dir(cfg, run_dir)
+    if cfg.sync_bn and D.world_size() > 1 and device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+                          "for multi-process CPU runs use --norm group or --norm layer")
     if not rank0:
         logging.getLogger("eva8_utils").setLevel(logging.WARNING)
 
@@ -226,12 +231,7 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
 
         get_layer(model, cfg.cam_layer)
     train_loader, test_loader = make_loaders(splits, cfg, device, D.rank(), D.world_size())
-    if not cfg.resume and hasattr(model, "data_init"):
-        n = min(5000, splits.x_train.shape[0])
-        model.data_init(train_loader.batch_at(torch.arange(n))[0].cpu())
-    model.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    prepare_model(model, train_loader, device, channels_last=cfg.channels_last, data_init=not cfg.resume)
     if cfg.sync_bn and D.world_size() > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp_dtype = autocast_dtype(device, cfg.precision)

@@ -100,12 +100,31 @@ def model_from_config(cfg: Any, num_classes: int, image_size: int = 32) -> nn.Mo
     return spec.build(num_classes=num_classes, **options)
 
 
+def prepare_model(model: nn.Module, train_loader: Any, device: Any, channels_last: bool = True,
+                  data_init: bool = True, max_init_images: int = 5000) -> nn.Module:
+    """Get a freshly built model ready to train.
+
+    Runs the model's ``data_init`` (e.g. fastnet's patch whitening) on up to
+    ``max_init_images`` un-augmented training images, moves it to ``device`` and, on
+    CUDA/CPU, to channels_last memory format. Skip ``data_init`` when loading weights.
+    """
+    import torch
+
+    if data_init and hasattr(model, "data_init"):
+        n = min(max_init_images, train_loader.num_samples)
+        model.data_init(train_loader.batch_at(torch.arange(n))[0].cpu())
+    model.to(device)
+    if channels_last and torch.device(device).type in ("cuda", "cpu"):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 __all__ = [
     "MODELS", "ModelSpec", "register_model", "get_spec", "create_model", "model_from_config",
-    "count_parameters", "ResNet", "CustomResNet", "FastNet", "ViT", "resnet18", "resnet34",
+    "prepare_model", "count_parameters", "ResNet", "CustomResNet", "FastNet", "ViT", "resnet18", "resnet34",
     "custom_resnet", "fastnet", "vit_tiny",
 ]

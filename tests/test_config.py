@@ -1,0 +1,138 @@
+"""Bad input: one line on stderr, exit code 2, and no run folder."""
+
+import pytest
+from PIL import Image
+
+from eva8_utils.config import RECIPES, TrainConfig, build_config
+from eva8_utils.errors import ConfigError
+from eva8_utils.main import config_from_args, main
+
+SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--model", "fastnet",
+          "--no-progress"]
+
+
+def _img(path, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (1, 2, 3)).save(path)
+
+
+def _folder(root, *, test=True, empty_class=False, mixed=False, corrupt=False, text_file=False):
+    for split in ("train", "test") if test else ("train",):
+        for c in ("a", "b"):
+            for i in range(2):
+                _img(root / split / c / f"{i}.png")
+    if empty_class:
+        (root / "train" / "c").mkdir()
+    if mixed:
+        _img(root / "train" / "a" / "z.png", (10, 10))
+    if corrupt:
+        (root / "train" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+CASES = [
+    (["--model", "resnet19"], "--model 'resnet19' is not valid; choose one of: custom_resnet, fastnet, resnet18"),
+    (["--optimizer", "rmsprop"], "--optimizer 'rmsprop' is not valid; choose one of: adam, adamw, sgd"),
+    (["--scheduler", "linear"], "choose one of: cosine, exponential, none, onecycle, plateau, step"),
+    (["--dataset", "imagenet"], "choose one of: cifar10, folder, shapes"),
+    (["--cam-method", "gradcam3"], "choose one of: eigencam, gradcam, gradcam++, layercam, scorecam, xgradcam"),
+    (["--cam-smooth", "blur"], "choose one of: aug, eigen, none"),
+    (["--norm", "instance"], "choose one of: batch, group, layer"),
+    (["--recipe", "turbo"], "invalid choice: 'turbo'"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--lr", "fast"], "give a number or 'auto'"),
+    (["--epochs", "ten"], "invalid int value: 'ten'"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--cutout-p", "2"], "--cutout-p must be a probability in [0, 1]"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--resume"], "--resume needs --out RUN_DIR"),
+    (["--resume", "--out", "nowhere"], "nowhere holds no run"),
+    (["--resume", "--overwrite", "--out", "x"], "contradict"),
+    (SHAPES + ["--cutout", "40"], "--cutout 40 is larger than the 32x32 images"),
+    (SHAPES + ["--cam-layer", "block9"], "--cam-layer 'block9' is not a layer of this model; valid names include: whiten"),
+    (SHAPES[:-3] + ["--model", "vit_tiny", "--norm", "group"], "--norm group is not supported by vit_tiny"),
+    (SHAPES[:-3] + ["--model", "resnet18", "--norm", "group", "--groups", "7"], "--groups 7 does not divide"),
+    (SHAPES + ["--width", "0.5", "--model", "resnet18"], "--width 0.5 is not supported by resnet18"),
+    (["--dataset", "folder", "--data-dir", "does/not/exist"], "--data-dir does/not/exist does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a)[-40:] for a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    code = main(args + ["--out", "run1"] if "--out" not in args and "--resume" not in args else args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert message in err
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "runs").exists()
+
+
+FOLDER_CASES = [
+    (dict(test=False), "has no labelled test split"),
+    (dict(empty_class=True), "holds no images; add images or remove the folder"),
+    (dict(mixed=True), "pass --image-size N"),
+    (dict(corrupt=True), "bad.png"),
+]
+
+
+@pytest.mark.parametrize("layout,message", FOLDER_CASES, ids=[m[:20] for _, m in FOLDER_CASES])
+def test_bad_folder_datasets(tmp_path, monkeypatch, capsys, layout, message):
+    root = _folder(tmp_path / "ds", **layout)
+    monkeypatch.chdir(tmp_path)
+    code = main(["--dataset", "folder", "--data-dir", str(root), "--cache-dir", "off", "--model", "fastnet",
+                 "--cutout", "4", "--crop-padding", "1", "--out", "run1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and message in err
+    assert not (tmp_path / "run1").exists()
+
+
+def test_yaml_unknown_keys_wrong_types_and_bad_syntax(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cases = [("epochs: 3\nbatchsize: 64\nfoo: 1\n", "unknown key(s): batchsize, foo"),
+             ("epochs: ten\n", "--epochs must be an integer, got 'ten'"),
+             ("flip: maybe\n", "--flip must be true or false"),
+             ("epochs: [3\n", "is not valid YAML"),
+             ("- 1\n- 2\n", "must hold a mapping")]
+    for text, message in cases:
+        (tmp_path / "c.yaml").write_text(text)
+        assert main(["--config", "c.yaml", "--out", "run1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    assert main(["--config", "missing.yaml"]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run1").exists()
+
+
+def test_precedence_defaults_recipe_yaml_flags(tmp_path):
+    assert TrainConfig().model == "resnet18" and TrainConfig().epochs == 20
+    cfg = build_config(flags={"recipe": "fast"})
+    assert cfg.model == "fastnet" and cfg.epochs == RECIPES["fast"]["epochs"]
+    (tmp_path / "c.yaml").write_text("recipe: fast\nepochs: 5\nbatch_size: 256\n")
+    cfg = config_from_args(["--config", str(tmp_path / "c.yaml"), "--epochs", "7"])
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.bias_lr_scale) == ("fastnet", 7, 256, 64.0)
+    cfg = config_from_args(["--recipe", "fast", "--model", "resnet18", "--max-lr", "0.2"])
+    assert cfg.model == "resnet18" and cfg.lr == 0.2
+
+
+def test_defaults_are_the_assignment():
+    c = TrainConfig()
+    assert (c.dataset, c.model, c.epochs, c.optimizer, c.scheduler) == ("cifar10", "resnet18", 20, "sgd", "onecycle")
+    assert (c.crop_padding, c.flip, c.cutout) == (4, True, 16)
+
+
+def test_config_validation_names_the_valid_choices():
+    with pytest.raises(ConfigError, match="choose one of: custom_resnet, fastnet, resnet18, resnet34, vit_tiny"):
+        TrainConfig(model="nope").validate()
+    with pytest.raises(ConfigError, match="unknown setting"):
+        build_config(flags={"epochz": 1})
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_cuda_requested_without_a_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(SHAPES + ["--device", "cuda", "--out", "run1"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
