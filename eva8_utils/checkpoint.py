@@ -85,7 +85,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | P
 
 
 def save_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, schedule,
-                        scaler, epoch: int, history: dict, config: dict, meta: dict, is_best: bool) -> None:
+                        scaler, epoch: int, history: dict, config: dict, meta: dict, is_best: bool,
+                        lookahead=None) -> None:
     """Write ``checkpoints/last.pt`` (previous one kept as ``prev.pt``) and, if ``is_best``, ``best.pt``."""
     ckdir = Path(run_dir) / "checkpoints"
     for p in model.parameters():
@@ -99,6 +100,7 @@ def save_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: tor
         "model": weights, "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict() if schedule is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "lookahead": lookahead.state_dict() if lookahead is not None else None,
         "epoch": int(epoch), "history": history, "config": config, "rng": rng, **meta,
     }
     save_checkpoint(ckdir / "last.pt", state, keep_previous=True)
@@ -109,8 +111,9 @@ def save_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: tor
 
 def load_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                         schedule, scaler, model_name: str, num_classes: int,
-                        map_location: str | torch.device = "cpu") -> tuple[int, dict, Path]:
-    """Restore model, optimizer, schedule and scaler from the run's ``last.pt`` (else ``prev.pt``).
+                        map_location: str | torch.device = "cpu", lookahead=None) -> tuple[int, dict, Path]:
+    """Restore model, optimizer, schedule, scaler (and lookahead) from the run's ``last.pt``
+    (else ``prev.pt``).
 
     Returns:
         (completed epochs, history, path used).
@@ -142,6 +145,8 @@ def load_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: tor
                     f"of the run (onecycle and cosine fix their length at the start)") from None
         if scaler is not None and ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
+        if lookahead is not None and ckpt.get("lookahead") is not None:
+            lookahead.load_state_dict(ckpt["lookahead"])
         if path.name == "prev.pt":
             logger.warning("resumed from the previous checkpoint %s", path)
         return int(ckpt["epoch"]), ckpt["history"], path

@@ -258,6 +258,46 @@ def schedule_depends_on_length(name: str) -> bool:
     return name in ("onecycle", "cosine")
 
 
+class Lookahead:
+    """Slow weights (Zhang et al. 2019), as used by the CIFAR-10 speed records.
+
+    Every ``every`` steps the slow copy moves toward the current weights by
+    ``1 - decay`` and the weights restart from it. ``decay`` grows as
+    ``max_decay * progress**3`` (no averaging early, strong averaging late);
+    :meth:`finish` leaves the model at the slow weights. Floating-point buffers
+    (BatchNorm statistics) are averaged with the weights.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 5, max_decay: float = 0.95 ** 5):
+        self.every, self.max_decay = every, max_decay
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, step: int, progress: float) -> None:
+        """Call after every optimizer step; ``step`` counts from 1, ``progress`` is in [0, 1]."""
+        if step % self.every:
+            return
+        decay = self.max_decay * min(max(progress, 0.0), 1.0) ** 3
+        current = model.state_dict()
+        for k, slow in self.slow.items():
+            slow.lerp_(current[k], 1 - decay)
+            current[k].copy_(slow)
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        current = model.state_dict()
+        for k, slow in self.slow.items():
+            current[k].copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"every": self.every, "max_decay": self.max_decay, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.every, self.max_decay = int(state["every"]), float(state["max_decay"])
+        for k, v in state["slow"].items():
+            self.slow[k].copy_(v)
+
+
 # ---------------------------------------------------------------------------------------
 # Precision
 # ---------------------------------------------------------------------------------------
@@ -325,7 +365,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     grad_clip_mode: str = "norm", amp_dtype: torch.dtype | None = None, scaler=None,
                     epoch: int = 1, progress: bool = True, log_every: int = 10,
                     stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    on_step: Callable[[int], None] | None = None,
+                    lookahead: Lookahead | None = None) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``.
 
     Args:
@@ -344,6 +385,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         log_every: steps between bar updates / device syncs.
         stop: polled before each batch; True stops the epoch early (interrupt).
         on_step: called with the 1-based batch index after each step.
+        lookahead: slow weights updated after each step (needs ``schedule`` for progress).
 
     Returns:
         dict with ``train_loss`` (per-sample mean of the data loss), ``train_acc`` (%),
@@ -399,6 +441,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 optimizer.step()
             if schedule is not None:
                 schedule.after_batch()
+                if lookahead is not None:
+                    lookahead.step(unwrap(model), schedule.steps, schedule.steps / schedule.total_steps)
             with torch.no_grad():
                 bs = y.shape[0]
                 seen += bs
@@ -572,7 +616,8 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         schedule: Schedule | None, cfg: Any, *, device: torch.device, run_dir: str | Path | None = None,
         scaler=None, start_epoch: int = 0, history: dict[str, list] | None = None,
         stop: Callable[[], bool] | None = None, checkpoint_meta: dict | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        lookahead: Lookahead | None = None) -> dict[str, Any]:
     """Train for ``cfg.epochs`` epochs (from ``start_epoch``), evaluating after each.
 
     Per epoch it logs ``EPOCH: k/n``, shows the bar, logs the ``Test set: ...`` line,
@@ -582,7 +627,9 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
     ``cfg.tta``) is measured and reported next to the plain one.
 
     Settings read from ``cfg``: epochs, seed, label_smoothing, l1, grad_clip,
-    grad_clip_mode, precision, log_every, progress, tta.
+    grad_clip_mode, precision, log_every, progress, tta, lookahead (a
+    :class:`Lookahead` is made when ``cfg.lookahead`` is on and none is passed in; pass
+    the resumed one when continuing a run).
 
     Returns:
         dict with ``history``, ``final`` (last plain evaluation), ``tta`` (or None),
@@ -599,6 +646,8 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
     rank0 = D.is_main()
     run_dir = Path(run_dir) if run_dir is not None and rank0 else None
     eval_model = unwrap(model)
+    if lookahead is None and getattr(cfg, "lookahead", False):
+        lookahead = Lookahead(eval_model)
     best = max(history["test_acc"], default=-1.0)
     epoch_times: list[float] = list(history.get("_epoch_times", []))
     final = None
@@ -612,7 +661,9 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
                              label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
                              grad_clip_mode=cfg.grad_clip_mode, amp_dtype=amp_dtype, scaler=scaler,
                              epoch=epoch, progress=cfg.progress and rank0, log_every=cfg.log_every,
-                             stop=stop)
+                             stop=stop, lookahead=lookahead)
+        if lookahead is not None and epoch == cfg.epochs:
+            lookahead.finish(eval_model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -631,7 +682,7 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         if run_dir is not None:
             save_training_state(run_dir, model=eval_model, optimizer=optimizer, schedule=schedule,
                                 scaler=scaler, epoch=epoch, history=history, config=cfg.to_dict(),
-                                meta=checkpoint_meta or {}, is_best=is_best)
+                                meta=checkpoint_meta or {}, is_best=is_best, lookahead=lookahead)
             write_run_files(run_dir, history, cfg, status="running", device=device)
         D.barrier()
         if on_epoch_end is not None:

@@ -200,9 +200,9 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
             epoch is saved in the run folder.
     """
     from .checkpoint import load_training_state
-    from .data import load_dataset, make_loaders
-    from .engine import (autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config, set_lr,
-                         unwrap, write_run_files)
+    from .data import DeviceLoader, load_dataset, make_loaders
+    from .engine import (Lookahead, autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config,
+                         set_lr, unwrap, write_run_files)
     from .models import count_parameters, get_spec, model_from_config, prepare_model
 
     cfg.validate()
@@ -248,11 +248,12 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
             cfg = cfg.replace(lr=float(lr_result.suggestion))
     schedule = schedule_from_config(optimizer, cfg, len(train_loader))
     scaler = make_scaler(device, amp_dtype)
+    lookahead = Lookahead(model) if cfg.lookahead else None
     start_epoch, history = 0, None
     if cfg.resume:
         start_epoch, history, used = load_training_state(
             run_dir, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, model_name=cfg.model,
-            num_classes=splits.num_classes, map_location=device)
+            num_classes=splits.num_classes, map_location=device, lookahead=lookahead)
 
     # --- from here on the run folder is written (rank 0 only) ------------------------------
     if rank0:
@@ -300,7 +301,7 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
         with StopRequest() as stop_request:
             result = fit(train_model, train_loader, test_loader, optimizer, schedule, cfg, device=device,
                          run_dir=run_dir, scaler=scaler, start_epoch=start_epoch, history=history,
-                         stop=stop or stop_request, checkpoint_meta=meta)
+                         stop=stop or stop_request, checkpoint_meta=meta, lookahead=lookahead)
         status = "done"
     except TrainingInterrupted as e:
         status = "interrupted"
@@ -328,7 +329,11 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
             extra.update(test_acc_tta=result["tta"]["test_acc"], test_loss_tta=result["tta"]["test_loss"],
                          tta=cfg.tta)
         if cfg.analysis:
-            extra.update(analyse(unwrap(model), splits, train_loader, test_loader, cfg, device, run_dir,
+            full_test = test_loader
+            if D.world_size() > 1:  # rank 0 analyses the whole test split, not only its shard
+                full_test = DeviceLoader(splits.x_test, splits.y_test, batch_size=test_loader.batch_size,
+                                         mean=splits.mean, std=splits.std, device=device)
+            extra.update(analyse(unwrap(model), splits, train_loader, full_test, cfg, device, run_dir,
                                  result["history"], spec, lr_result))
         metrics = write_run_files(run_dir, result["history"], cfg, status="done", device=device, extra=extra)
         if cfg.analysis:

@@ -1,0 +1,151 @@
+"""Benchmark 2: test accuracy after equal training-time budgets, our fast recipe vs the original.
+
+Both recipes train on the same machine for the same wall-clock budget; at each mark
+(default 5, 10 and 15 minutes of training, evaluation time excluded) the test
+accuracy is measured on the full test split.
+
+- ours: ``--recipe fast`` (fastnet, device-side data pipeline, one-cycle schedule whose
+  length is set so that training ends near the budget: --epochs); accuracy reported
+  plain and with flip+translate TTA.
+- original: the original assignment's recipe: ResNet18, Adam lr 0.01, batch 128,
+  the classic DataLoader (per-image torchvision transforms, num_workers 0), fp32.
+
+    python benchmarks/bench_time_to_accuracy.py --data-dir ../scratch/cifar10-jpeg --epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+from common import classic_loader, load_images, machine, now, sync, write_json
+
+from eva8_utils.config import build_config
+from eva8_utils.data import DeviceLoader, make_loaders
+from eva8_utils.engine import (evaluate, optimizer_from_config, schedule_from_config, train_one_epoch, autocast_dtype,
+                               _autocast)
+from eva8_utils.models import create_model, model_from_config, prepare_model
+from eva8_utils.utils import get_device, seed_everything
+
+
+class Clock:
+    """Training time with pauses for evaluation."""
+
+    def __init__(self, device):
+        self.device, self.total, self.t0 = device, 0.0, None
+
+    def start(self):
+        sync(self.device)
+        self.t0 = now()
+
+    def stop(self):
+        sync(self.device)
+        self.total += now() - self.t0
+        self.t0 = None
+
+    def elapsed(self):
+        return self.total + (now() - self.t0 if self.t0 is not None else 0.0)
+
+
+def run_ours(splits, device, marks, budget, epochs, seed):
+    cfg = build_config(flags=dict(recipe="fast", epochs=epochs, seed=seed, progress=False))
+    seed_everything(seed)
+    train, test = make_loaders(splits, cfg, device)
+    model = prepare_model(model_from_config(cfg, splits.num_classes, splits.image_size), train, device)
+    opt = optimizer_from_config(model, cfg)
+    sched = schedule_from_config(opt, cfg, len(train))
+    amp = autocast_dtype(device, cfg.precision)
+    clock, results, pending = Clock(device), [], list(marks)
+
+    def measure(label_time):
+        clock.stop()
+        plain = evaluate(model, test, device=device, amp_dtype=amp)
+        tta = evaluate(model, test, device=device, amp_dtype=amp, tta="flip_translate")
+        print(f"ours at {label_time / 60:.1f} min: {plain['test_acc']:.2f}% (TTA {tta['test_acc']:.2f}%)", flush=True)
+        clock.start()
+        return {"minutes": round(label_time / 60, 2), "test_acc": plain["test_acc"], "test_acc_tta": tta["test_acc"]}
+
+    def on_step(_):
+        while pending and clock.elapsed() >= pending[0] * 60:
+            results.append(measure(pending.pop(0) * 60))
+
+    clock.start()
+    for epoch in range(1, epochs + 1):
+        if clock.elapsed() >= budget * 60:
+            break
+        train.set_epoch(epoch)
+        train_one_epoch(model, train, opt, device=device, schedule=sched, label_smoothing=cfg.label_smoothing,
+                        amp_dtype=amp, epoch=epoch, progress=False, log_every=cfg.log_every, on_step=on_step)
+        print(f"ours: epoch {epoch}/{epochs} done at {clock.elapsed() / 60:.2f} min", flush=True)
+    finished = clock.elapsed()
+    if pending:  # the run ended before these marks: its final weights stand for them
+        final = measure(finished)
+        results += [{**final, "minutes": m, "finished_at_minutes": round(finished / 60, 2)} for m in pending]
+    return {"recipe": "fast", "epochs": epochs, "train_minutes": round(finished / 60, 2), "marks": results,
+            "config": {k: v for k, v in cfg.to_dict().items() if k in ("model", "batch_size", "lr", "epochs", "precision")}}
+
+
+def run_original(splits, device, marks, budget, seed, batch_size=128, workers=0):
+    seed_everything(seed)
+    model = create_model("resnet18").to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    train = classic_loader(splits.x_train, splits.y_train, splits.mean, splits.std, batch_size, workers, seed=seed)
+    test = DeviceLoader(splits.x_test, splits.y_test, batch_size=500, mean=splits.mean, std=splits.std, device=device)
+    clock, results, pending, steps = Clock(device), [], list(marks), 0
+    clock.start()
+    while pending:
+        for x, y in train:
+            x, y = x.to(device), y.to(device)
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            while pending and clock.elapsed() >= pending[0] * 60:
+                clock.stop()
+                r = evaluate(model, test, device=device)
+                results.append({"minutes": pending.pop(0), "test_acc": r["test_acc"],
+                                "images_seen": steps * batch_size})
+                print(f"original at {results[-1]['minutes']} min: {r['test_acc']:.2f}% after "
+                      f"{steps * batch_size} images", flush=True)
+                clock.start()
+            if not pending:
+                break
+    return {"recipe": "original (ResNet18, Adam lr 0.01, batch 128, classic loader, workers 0, fp32)",
+            "marks": results}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 image folder (the JPEG copy); required for real numbers")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--marks", default="5,10,15", help="minutes of training at which to measure")
+    p.add_argument("--epochs", type=int, default=8, help="length of our one-cycle schedule (fit it to the budget)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--only", choices=("ours", "original"), default=None)
+    p.add_argument("--out", default="benchmarks/out/time_to_accuracy.json")
+    args = p.parse_args()
+    device = get_device(args.device)
+    splits, source = load_images(args.data_dir)
+    marks = [float(m) for m in args.marks.split(",")]
+    budget = max(marks)
+    result = {"benchmark": "time_to_accuracy", "machine": machine(device), "data": source, "marks_minutes": marks}
+    if args.only in (None, "ours"):
+        result["ours"] = run_ours(splits, device, marks, budget, args.epochs, args.seed)
+    if args.only in (None, "original"):
+        result["original"] = run_original(splits, device, marks, budget, args.seed)
+    write_json(args.out, result)
+    parts = []
+    for key in ("ours", "original"):
+        if key in result:
+            accs = ", ".join(f"{m['minutes']:g} min {m['test_acc']:.2f}%" for m in result[key]["marks"])
+            parts.append(f"{key}: {accs}")
+    print(f"time to accuracy on {result['machine']['device']} ({source}): " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

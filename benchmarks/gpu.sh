@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU measurement of benchmarks/RESULTS.md in one script (sized for under 8 minutes on an
+# H100/H200-class GPU):
+#   1. the resnet18 recipe for 20 epochs: seconds per epoch, test accuracy plain and with TTA;
+#   2. the fast recipe's time to 94% test accuracy (TTA): one-cycle runs of growing length, the
+#      shortest one that reaches 94% gives the time;
+#   3. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader).
+#
+# Usage:  bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]
+#   DATA_DIR: an unpacked copy of the CIFAR-10 JPEG archive (the folder with train/ and test/).
+#   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in a minute (tiny settings).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:?usage: bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]}
+OUT=${2:-benchmarks/out/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+if [ "${SMOKE:-0}" = "1" ]; then
+  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1 2"; LIMIT="--shapes-train 512 --shapes-test 128"; DS="--dataset shapes"
+  TP="--device cpu --models fastnet --data-batches 4 --step-batches fastnet=2 --repeats 1"
+else
+  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12 14 16}"; LIMIT=""; DS="--dataset folder --data-dir $DATA"
+  TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 90 --step-batches fastnet=90,resnet18=40"
+fi
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi") > "$OUT/gpu.txt"
+python -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+
+echo "== 1. resnet18 recipe, $R18_EPOCHS epochs"
+python -m eva8_utils.main --recipe resnet18 $DS $LIMIT --epochs "$R18_EPOCHS" --device "$DEV" \
+  --out "$OUT/resnet18" --overwrite --no-progress --no-analysis | tee "$OUT/resnet18.log"
+
+echo "== 2. fast recipe: time to 94% (TTA)"
+for e in $FAST_EPOCHS; do
+  python -m eva8_utils.main --recipe fast $DS $LIMIT --epochs "$e" --device "$DEV" \
+    --out "$OUT/fast_$e" --overwrite --no-progress --no-analysis | tee "$OUT/fast_$e.log"
+  if python - "$OUT/fast_$e/metrics.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+sys.exit(0 if m.get("test_acc_tta", 0) >= 94.0 else 1)
+PY
+  then break; fi
+done
+
+echo "== 3. throughput, ours vs classic"
+python benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
+
+python benchmarks/summarize.py "$OUT"

@@ -1,0 +1,46 @@
+"""Print the summary lines of a gpu.sh output folder (and write summary.json there).
+
+    python benchmarks/summarize.py benchmarks/out/gpu
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out/gpu")
+    gpu = (out / "gpu.txt").read_text().strip().splitlines() if (out / "gpu.txt").exists() else ["?"]
+    summary = {"gpu": gpu}
+    r18 = out / "resnet18" / "metrics.json"
+    if r18.exists():
+        m = json.loads(r18.read_text())
+        summary["resnet18"] = {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "epoch_time_s",
+                                                       "train_time_s", "device")}
+        print(f"resnet18 recipe: {m['epochs']} epochs, {m.get('epoch_time_s')} s/epoch, test {m['test_acc']:.2f}% "
+              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%) on {m.get('device')}")
+    fast = sorted(out.glob("fast_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    runs = []
+    for p in fast:
+        m = json.loads(p.read_text())
+        runs.append({k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s", "epoch_time_s")})
+        print(f"fast recipe {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
+              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
+    summary["fast"] = runs
+    hit = [r for r in runs if (r.get("test_acc_tta") or 0) >= 94.0]
+    summary["fast_time_to_94_s"] = hit[0]["train_time_s"] if hit else None
+    print("fast recipe time to 94% (TTA): " + (f"{hit[0]['train_time_s']} s" if hit else "not reached"))
+    tp = out / "throughput.json"
+    if tp.exists():
+        t = json.loads(tp.read_text())
+        summary["throughput"] = {k: t[k] for k in ("data_images_per_s", "step_images_per_s",
+                                                   "data_ratio_ours_vs_classic", "step_ratio_ours_vs_classic",
+                                                   "our_data_share_of_step")}
+        print("throughput step ratio ours/classic: " + json.dumps(t["step_ratio_ours_vs_classic"]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
