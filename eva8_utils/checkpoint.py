@@ -51,12 +51,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):  # a reference to code, refused
             raise CheckpointError(
                 f"refused to load {path}: it holds objects other than tensors and plain data, "
                 f"which could run code on load; use a checkpoint written by eva8_utils"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({str(e)[:80]}); use another checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a readable torch checkpoint); "
+                              f"use another checkpoint") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({msg}); use another checkpoint") from None

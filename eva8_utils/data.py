@@ -84,7 +84,8 @@ class Splits:
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images (N, H, W, 3), in [0, 1] units.
 
-    Computed in float64 over chunks, so 50,000 CIFAR images need little memory.
+    Computed in float64 over chunks, so 50,000 CIFAR images need little memory. The std
+    is floored at 1/255 so that a constant channel does not divide by zero later.
     """
     n = images.shape[0]
     s = np.zeros(3)
@@ -96,7 +97,7 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
         ss += (block * block).sum(0)
         count += block.shape[0]
     mean = s / count
-    std = np.sqrt(np.maximum(ss / count - mean * mean, 0.0))
+    std = np.maximum(np.sqrt(np.maximum(ss / count - mean * mean, 0.0)), 1.0 / 255)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

@@ -59,14 +59,6 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
     assert read_metrics(resumed)["test_acc"] == read_metrics(straight)["test_acc"]
 
 
-def test_extending_a_onecycle_run_is_refused_with_a_reason(tmp_path):
-    out = tmp_path / "oc"
-    assert run_cli(TINY + ["--epochs", "1", "--out", str(out)]).returncode == 0
-    proc = run_cli(["--out", str(out), "--resume", "--epochs", "2"])
-    assert proc.returncode == 2
-    assert "onecycle and cosine fix their length" in proc.stderr and proc.stderr.count("\n") == 1
-
-
 def test_existing_run_folder_is_kept_unless_resume_or_overwrite(tmp_path):
     out = tmp_path / "run"
     assert run_cli(TINY + ["--epochs", "1", "--out", str(out)]).returncode == 0
@@ -74,6 +66,10 @@ def test_existing_run_folder_is_kept_unless_resume_or_overwrite(tmp_path):
     proc = run_cli(TINY + ["--epochs", "1", "--out", str(out), "--seed", "9"])
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (out / "history.csv").read_text() == before
+    # a one-cycle schedule is fixed at the start: extending it is refused, with the reason
+    proc = run_cli(["--out", str(out), "--resume", "--epochs", "2"])
+    assert proc.returncode == 2
+    assert "onecycle and cosine fix their length" in proc.stderr and proc.stderr.count("\n") == 1
     (out / "notes.txt").write_text("mine")
     proc = run_cli(TINY + ["--epochs", "1", "--out", str(out), "--seed", "9", "--overwrite"])
     assert proc.returncode == 0
@@ -84,21 +80,25 @@ def test_existing_run_folder_is_kept_unless_resume_or_overwrite(tmp_path):
 def test_folder_dataset_end_to_end_with_cache(tmp_path):
     from PIL import Image
 
+    import numpy as np
+
     root = tmp_path / "ds"
-    colours = {"red": (200, 10, 10), "blue": (10, 10, 200)}
-    for split, n in (("train", 12), ("val", 4)):
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "blue": (40, 40, 200)}
+    for split, n in (("train", 24), ("val", 6)):
         for name, rgb in colours.items():
             (root / split / name).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (16, 16), rgb).save(root / split / name / f"{i}.png")
+                noisy = np.clip(np.array(rgb) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(noisy).save(root / split / name / f"{i}.png")
     args = ["--dataset", "folder", "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--model",
-            "fastnet", "--epochs", "2", "--batch-size", "8", "--cutout", "8", "--crop-padding", "2",
+            "fastnet", "--epochs", "3", "--batch-size", "8", "--cutout", "8", "--crop-padding", "2",
             "--no-progress", "--num-images", "4", "--tta", "flip"]
     proc = run_cli(args + ["--out", str(tmp_path / "r1")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 classes" in proc.stdout and "16x16" in proc.stdout
     m = read_metrics(tmp_path / "r1")
-    assert m["test_acc"] == 100.0 and "cam_pointing_game" not in m
+    assert m["test_acc"] >= 75.0 and "cam_pointing_game" not in m
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     proc = run_cli(args + ["--out", str(tmp_path / "r2")])
     assert "loaded decoded images from cache" in proc.stdout

@@ -19,7 +19,7 @@ def test_notebook_runs_top_to_bottom_with_small_parameters(tmp_path, monkeypatch
     out = tmp_path / "S7-out.ipynb"
     params = dict(DATASET="shapes", MODEL="fastnet", EPOCHS=1, BATCH_SIZE=256, MAX_LR=0.4, SEED=2,
                   RUN_DIR=str(tmp_path / "nbrun"), SAVE_README_IMAGES=False, RUN_LR_FINDER=True,
-                  EXTRA={"shapes_train": 1000, "shapes_test": 300, "lr_find_iters": 10, "progress": False})
+                  EXTRA={"shapes_train": 768, "shapes_test": 300, "lr_find_iters": 10, "progress": False})
     papermill.execute_notebook(str(ROOT / "S7.ipynb"), str(out), parameters=params, cwd=str(ROOT),
                                kernel_name="python3", progress_bar=False, execution_timeout=600)
     nb = nbformat.read(out, as_version=4)

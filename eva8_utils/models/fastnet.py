@@ -88,8 +88,10 @@ class FastNet(nn.Module):
         x = images.float().to(self.whiten.weight.device)
         c, (kh, kw) = x.shape[1], self.whiten.weight.shape[2:]
         patches = x.unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c * kh * kw)
-        cov = patches.T @ patches / patches.shape[0]
-        eigenvalues, eigenvectors = torch.linalg.eigh(cov.double())
+        cov = (patches.T @ patches / patches.shape[0]).double()
+        # A tiny ridge keeps eigh stable on degenerate data (e.g. flat-coloured images).
+        cov += 1e-8 * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-12)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         eigenvalues, eigenvectors = eigenvalues.flip(0).float(), eigenvectors.T.flip(0).float()
         filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).view(-1, c, kh, kw)
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
