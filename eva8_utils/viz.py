@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .utils import denormalize, to_hwc_numpy
 
@@ -31,6 +32,16 @@ def _new(ax: Axes | None = None, figsize=(6, 4)) -> tuple[Figure, Axes]:
 
 def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _image_grid(n: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure with a grid of axes for ``n`` images, ``ncols`` per row, all axes off."""
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig = Figure(figsize=(cell[0] * ncols, cell[1] * nrows), layout="constrained")
+    axs = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axs:
+        ax.axis("off")
+    return fig, axs
 
 
 def _show_images(x, mean, std) -> np.ndarray:
@@ -104,6 +115,7 @@ def plot_history(history: dict) -> Figure:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     ax = axs[0, 2]
     steps = history.get("steps") or []
@@ -136,14 +148,8 @@ def plot_misclassified(images, labels, preds, classes: Sequence[str], mean, std,
         confidences: (N,) probability of the predicted class, shown when given.
     """
     imgs = _show_images(images, mean, std)
-    n = len(imgs)
-    nrows = max(1, int(np.ceil(n / ncols)))
-    fig = Figure(figsize=(2.4 * ncols, 2.7 * nrows), layout="constrained")
-    axs = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    for i, ax in enumerate(axs):
-        ax.axis("off")
-        if i >= n:
-            continue
+    fig, axs = _image_grid(len(imgs), ncols, (2.4, 2.7))
+    for i, ax in enumerate(axs[:len(imgs)]):
         ax.imshow(imgs[i], interpolation="nearest")
         title = f"actual: {classes[int(labels[i])]}\npredicted: {classes[int(preds[i])]}"
         if confidences is not None:
@@ -234,15 +240,10 @@ def plot_per_class_accuracy(acc: Sequence[float], classes: Sequence[str], ax=Non
 def plot_samples(images, labels, classes: Sequence[str], mean, std, ncols: int = 8) -> Figure:
     """A grid of (augmented) training images with their labels."""
     imgs = _show_images(images, mean, std)
-    n = len(imgs)
-    nrows = max(1, int(np.ceil(n / ncols)))
-    fig = Figure(figsize=(1.6 * ncols, 1.8 * nrows), layout="constrained")
-    axs = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    for i, ax in enumerate(axs):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(imgs[i], interpolation="nearest")
-            ax.set_title(classes[int(labels[i])], fontsize=8)
+    fig, axs = _image_grid(len(imgs), ncols, (1.6, 1.8))
+    for i, ax in enumerate(axs[:len(imgs)]):
+        ax.imshow(imgs[i], interpolation="nearest")
+        ax.set_title(classes[int(labels[i])], fontsize=8)
     fig.suptitle("Augmented training samples")
     return fig
 

@@ -39,31 +39,32 @@ def _start(args):
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(proc, needle, timeout=300):
-    """Read the merged output character by character (tqdm redraws with \\r) until ``needle``."""
+def _read_until(proc, found, what, timeout=300):
+    """Read the merged output character by character (tqdm redraws with \\r) until
+    ``found(text so far)`` returns something other than None; return that."""
     seen, t0 = "", time.time()
     while time.time() - t0 < timeout:
         ch = proc.stdout.read(1)
         if not ch:
             break
         seen += ch
-        if seen.endswith(needle):
-            return seen
-    raise AssertionError(f"never saw {needle!r}:\n" + seen[-3000:])
+        hit = found(seen)
+        if hit is not None:
+            return hit
+    raise AssertionError(f"never saw {what}:\n" + seen[-3000:])
 
 
-def _wait_mid_epoch(proc, timeout=300):
+def _wait_for(proc, needle):
+    return _read_until(proc, lambda text: text if text.endswith(needle) else None, repr(needle))
+
+
+def _wait_mid_epoch(proc):
     """Return once the bar of the current epoch (16 batches) shows a batch id in 1..10."""
-    seen, t0 = "", time.time()
-    while time.time() - t0 < timeout:
-        ch = proc.stdout.read(1)
-        if not ch:
-            break
-        seen += ch
-        m = re.search(r"Batch_id=(\d+) $", seen)
-        if m and 1 <= int(m.group(1)) <= 10:
-            return int(m.group(1))
-    raise AssertionError("no batch of the epoch seen in time:\n" + seen[-3000:])
+    def batch(text):
+        m = re.search(r"Batch_id=(\d+) $", text)
+        return int(m.group(1)) if m and 1 <= int(m.group(1)) <= 10 else None
+
+    return _read_until(proc, batch, "a batch id of 1..10")
 
 
 def _same_run(a: Path, b: Path):
