@@ -672,6 +672,8 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         te = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype)
         if schedule is not None:
             schedule.after_epoch(te["test_loss"])
+        logger.info("Train set: Average loss: %.4f, Accuracy: %.2f%%, last LR %.4g, %.1f s",
+                    tr["train_loss"], tr["train_acc"], tr["lrs"][-1] if tr["lrs"] else float("nan"), dt)
         logger.info(test_line(te))
         _append(history, epoch, tr, te, cfg.l1 > 0)
         epoch_times.append(dt)

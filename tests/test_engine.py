@@ -256,3 +256,20 @@ def test_onecycle_cycles_momentum_inversely_when_asked():
         s.after_batch()
     assert moms[0] == pytest.approx(0.95) and moms[5] == pytest.approx(0.85)
     assert int(np.argmin(moms)) == int(np.argmax(lrs)) and moms[-1] > 0.94
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "custom_resnet", "fastnet", "vit_tiny"])
+def test_every_registered_model_trains_with_the_engine(name):
+    from eva8_utils.data import make_shapes
+    from eva8_utils.models import create_model
+
+    torch.manual_seed(0)
+    s = make_shapes(16, 8, seed=0)
+    model = create_model(name)
+    loader = DeviceLoader(s.x_train, s.y_train, batch_size=8, mean=s.mean, std=s.std, train=True)
+    opt = E.make_optimizer(model, "sgd", lr=0.01)
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    res = E.train_one_epoch(model, loader, opt, device=torch.device("cpu"), progress=False)
+    assert res["batches"] == 2 and math.isfinite(res["train_loss"])
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
