@@ -696,6 +696,10 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
     if cfg.tta != "none":
         tta = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype, tta=cfg.tta)
         logger.info(test_line(tta, f"Test set with TTA ({cfg.tta})"))
+    if run_dir is not None:  # training is over: a notebook run's folder must not say "running"
+        extra = {} if tta is None else {"test_acc_tta": tta["test_acc"], "test_loss_tta": tta["test_loss"],
+                                        "tta": cfg.tta}
+        write_run_files(run_dir, history, cfg, status="done", device=device, extra=extra)
     return {"history": history, "final": final, "tta": tta, "epoch_times": epoch_times,
             "train_time_s": float(sum(epoch_times))}
 

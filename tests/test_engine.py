@@ -273,3 +273,24 @@ def test_every_registered_model_trains_with_the_engine(name):
     assert res["batches"] == 2 and math.isfinite(res["train_loss"])
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_fit_leaves_a_finished_run_folder_for_notebook_users(tmp_path):
+    """fit alone (no CLI) must not leave metrics.json saying "running" once training is over."""
+    import json
+
+    from eva8_utils.config import TrainConfig
+
+    torch.manual_seed(0)
+    x, y = _data(n=40)
+    train = DeviceLoader(x[:32], y[:32], batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, train=True)
+    test = DeviceLoader(x[32:], y[32:], batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    cfg = TrainConfig(dataset="shapes", epochs=2, batch_size=16, progress=False, tta="flip", scheduler="none",
+                      lr=0.01, channels_last=False, precision="fp32")
+    model = Linear()
+    res = E.fit(model, train, test, E.make_optimizer(model, "sgd", lr=0.01), None, cfg,
+                device=torch.device("cpu"), run_dir=tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "done" and m["epochs"] == 2
+    assert m["test_acc"] == res["final"]["test_acc"]
+    assert m["test_acc_tta"] == res["tta"]["test_acc"] and m["tta"] == "flip"
