@@ -9,7 +9,7 @@ Measured: images/s of the data alone, and of a full training step (forward, back
 SGD step) for each model with batches from each pipeline; ratios ours/classic; and the
 share of our data path in our step time. Each figure is the median of --repeats runs.
 
-    python benchmarks/bench_throughput.py --data-dir ../scratch/cifar10-jpeg --out benchmarks/out/throughput_cpu.json
+    python benchmarks/bench_throughput.py --data-dir data/cifar10-jpeg --out benchmarks/out/throughput_cpu.json
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def time_steps(model, make_iter, n_batches, batch_size, device, repeats, amp_dty
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help="CIFAR-10 image folder (JPEG copy); random images if missing")
+    p.add_argument("--synthetic", type=int, default=50_000,
+                   help="number of random images used when --data-dir is not given (smoke tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--models", default="fastnet,resnet18")
     p.add_argument("--batch-size", type=int, default=128)
@@ -99,7 +101,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = get_device(args.device)
-    splits, source = load_images(args.data_dir)
+    splits, source = load_images(args.data_dir, synthetic_n=args.synthetic)
     bs = args.batch_size
     amp_dtype = autocast_dtype(device, "auto")
     channels_last = device.type in ("cuda", "cpu")

@@ -19,7 +19,6 @@ sys.path.insert(0, str(ROOT))
 from eva8_utils.data import CIFAR10_CLASSES, Splits, load_folder  # noqa: E402
 from eva8_utils.utils import device_description  # noqa: E402
 
-DEFAULT_JPEG = ROOT.parent / "scratch" / "cifar10-jpeg"
 
 
 def machine(device: torch.device) -> dict:
@@ -43,10 +42,11 @@ def load_images(data_dir: str | None, synthetic_n: int = 50_000, size: int = 32)
     if data_dir:
         print(f"note: {data_dir} not found; using {synthetic_n} random {size}x{size} images instead", file=sys.stderr)
     g = np.random.default_rng(0)
+    n_test = min(1000, max(1, synthetic_n // 5))
     x = g.integers(0, 256, (synthetic_n, size, size, 3), dtype=np.uint8)
     y = g.integers(0, 10, synthetic_n)
-    xt = g.integers(0, 256, (1000, size, size, 3), dtype=np.uint8)
-    yt = g.integers(0, 10, 1000)
+    xt = g.integers(0, 256, (n_test, size, size, 3), dtype=np.uint8)
+    yt = g.integers(0, 10, n_test)
     return Splits(x, y, xt, yt, list(CIFAR10_CLASSES), name="random"), f"random uint8 images ({synthetic_n})"
 
 

@@ -8,33 +8,36 @@
 #
 # Usage:  bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]
 #   DATA_DIR: an unpacked copy of the CIFAR-10 JPEG archive (the folder with train/ and test/).
-#   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in a minute (tiny settings).
+#   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in under a minute (tiny settings).
+#   PYTHON=/path/to/python picks the interpreter (default: python on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]}
 OUT=${2:-benchmarks/out/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 
 if [ "${SMOKE:-0}" = "1" ]; then
-  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1 2"; LIMIT="--shapes-train 512 --shapes-test 128"; DS="--dataset shapes"
-  TP="--device cpu --models fastnet --data-batches 4 --step-batches fastnet=2 --repeats 1"
+  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1 2"; LIMIT="--shapes-train 256 --shapes-test 64"; DS="--dataset shapes"
+  TP="--device cpu --synthetic 1024 --batch-size 64 --models fastnet --data-batches 2 --step-batches fastnet=2"
+  TP="$TP --repeats 1 --workers 0"
 else
   DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12 14 16}"; LIMIT=""; DS="--dataset folder --data-dir $DATA"
   TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 90 --step-batches fastnet=90,resnet18=40"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi") > "$OUT/gpu.txt"
-python -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
 
 echo "== 1. resnet18 recipe, $R18_EPOCHS epochs"
-python -m eva8_utils.main --recipe resnet18 $DS $LIMIT --epochs "$R18_EPOCHS" --device "$DEV" \
+$PY -m eva8_utils.main --recipe resnet18 $DS $LIMIT --epochs "$R18_EPOCHS" --device "$DEV" \
   --out "$OUT/resnet18" --overwrite --no-progress --no-analysis | tee "$OUT/resnet18.log"
 
 echo "== 2. fast recipe: time to 94% (TTA)"
 for e in $FAST_EPOCHS; do
-  python -m eva8_utils.main --recipe fast $DS $LIMIT --epochs "$e" --device "$DEV" \
+  $PY -m eva8_utils.main --recipe fast $DS $LIMIT --epochs "$e" --device "$DEV" \
     --out "$OUT/fast_$e" --overwrite --no-progress --no-analysis | tee "$OUT/fast_$e.log"
-  if python - "$OUT/fast_$e/metrics.json" <<'PY'
+  if $PY - "$OUT/fast_$e/metrics.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
 sys.exit(0 if m.get("test_acc_tta", 0) >= 94.0 else 1)
@@ -43,6 +46,6 @@ PY
 done
 
 echo "== 3. throughput, ours vs classic"
-python benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
+$PY benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
 
-python benchmarks/summarize.py "$OUT"
+$PY benchmarks/summarize.py "$OUT"

@@ -27,6 +27,24 @@ def test_resnet18_parameter_count():
     assert count_parameters(create_model("resnet18")) == 11_173_962
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_resnet_blocks_start_as_the_identity_and_learn_their_scale(norm):
+    from eva8_utils.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", norm=norm)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    x = torch.randn(4, 64, 8, 8)
+    block = model.layer1[1].train()  # identity shortcut: relu(0 * branch + x)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    assert all(b.bn2.weight.grad.abs().sum() > 0 for b in blocks)
+    plain = create_model("resnet18", norm=norm, zero_init_residual=False)
+    assert all(torch.count_nonzero(m.bn2.weight) > 0 for m in plain.modules() if isinstance(m, BasicBlock))
+
+
 def test_resnet_layers_are_named_for_gradcam():
     model = create_model("resnet18")
     for name in ("layer1", "layer2", "layer3", "layer4"):

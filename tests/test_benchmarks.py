@@ -1,0 +1,71 @@
+"""The benchmark scripts run from a checkout and write consistent JSON (tiny settings, CPU).
+
+The figures themselves are measured by hand (benchmarks/RESULTS.md); these tests keep the
+scripts working and check the arithmetic of what they report.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, tmp_path, **env):
+    out = subprocess.run(args, cwd=ROOT, env=cli_env(OMP_NUM_THREADS="2", **env), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
+    out = _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
+               PYTHON=sys.executable)
+    s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
+    assert s["resnet18"]["epochs"] == 1 and 0 <= s["resnet18"]["test_acc"] <= 100
+    assert [r["epochs"] for r in s["fast"]][:1] == [1] and len(s["fast"]) in (1, 2)
+    reached = [r for r in s["fast"] if r["test_acc_tta"] >= 94.0]
+    assert s["fast_time_to_94_s"] == (reached[0]["train_time_s"] if reached else None)
+    steps = s["throughput"]["step_images_per_s"]["fastnet"]
+    for k, v in s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"].items():
+        assert v == pytest.approx(steps["ours"] / steps[k], abs=0.01)
+    assert "fast recipe time to 94% (TTA)" in out.stdout
+
+
+def test_time_to_accuracy_measures_both_recipes_at_every_mark(tmp_path):
+    path = tmp_path / "tta.json"
+    _run([sys.executable, "benchmarks/bench_time_to_accuracy.py", "--synthetic", "512", "--marks", "0.01,0.02",
+          "--epochs", "1", "--device", "cpu", "--out", str(path)], tmp_path)
+    r = json.loads(path.read_text())
+    assert r["data"].startswith("random") and r["marks_minutes"] == [0.01, 0.02]
+    assert [m["minutes"] for m in r["ours"]["marks"]] == pytest.approx([0.01, 0.02], abs=0.01)
+    seen = [m["images_seen"] for m in r["original"]["marks"]]
+    assert len(seen) == 2 and seen[0] <= seen[1] and all(s % 128 == 0 and s > 0 for s in seen)
+    for m in r["ours"]["marks"] + r["original"]["marks"]:
+        assert 0 <= m["test_acc"] <= 100
+
+
+def test_scaling_projects_epoch_time_from_the_measured_rate(tmp_path):
+    path = tmp_path / "scaling.json"
+    _run([sys.executable, "benchmarks/bench_scaling.py", "--device", "cpu", "--sizes", "256", "--sides", "32",
+          "--batch", "32", "--steps", "2", "--batch-sizes", "32", "--images-per-batch-test", "64", "--out",
+          str(path)], tmp_path)
+    r = json.loads(path.read_text())
+    (size,), (batch,) = r["by_size"], r["by_batch"]
+    assert (size["images"], size["side"], size["data_mb"]) == (256, 32, round(256 * 32 * 32 * 3 / 2**20, 1))
+    assert size["epoch_s_projected"] == pytest.approx(256 / size["images_per_s"], rel=0.02, abs=0.1)
+    assert batch["batch"] == 32 and batch["peak_mem_mb"] > 0
+
+
+def test_long_run_memory_records_every_epoch(tmp_path):
+    path = tmp_path / "mem.json"
+    _run([sys.executable, "benchmarks/long_run_memory.py", "--epochs", "10", "--train", "64", "--test", "16",
+          "--out", str(path)], tmp_path)
+    r = json.loads(path.read_text())
+    assert sorted(int(k) for k in r["per_epoch"]) == list(range(1, 11))
+    assert r["peak_rss_mb_at_epoch_10"] >= max(v[0] for v in r["per_epoch"].values()) - 1
