@@ -28,7 +28,7 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
                PYTHON=sys.executable)
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
     assert s["resnet18"]["epochs"] == 1 and 0 <= s["resnet18"]["test_acc"] <= 100
-    assert [r["epochs"] for r in s["fast"]][:1] == [1] and len(s["fast"]) in (1, 2)
+    assert [r["epochs"] for r in s["fast"]] == [1]
     reached = [r for r in s["fast"] if r["test_acc_tta"] >= 94.0]
     assert s["fast_time_to_94_s"] == (reached[0]["train_time_s"] if reached else None)
     steps = s["throughput"]["step_images_per_s"]["fastnet"]
