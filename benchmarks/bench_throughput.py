@@ -20,7 +20,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from common import classic_loader, load_images, machine, median, now, sync, write_json
+from common import add_data_args, classic_loader, load_images, machine, median, now, sync, write_json
 
 from eva8_utils.augment import AugmentConfig
 from eva8_utils.data import DeviceLoader
@@ -86,10 +86,7 @@ def time_steps(model, make_iter, n_batches, batch_size, device, repeats, amp_dty
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 image folder (JPEG copy); random images if missing")
-    p.add_argument("--synthetic", type=int, default=50_000,
-                   help="number of random images used when --data-dir is not given (smoke tests)")
-    p.add_argument("--device", default="auto")
+    add_data_args(p, "CIFAR-10 image folder (JPEG copy); random images if missing")
     p.add_argument("--models", default="fastnet,resnet18")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--data-batches", type=int, default=40, help="batches timed for the data-only rate")

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common import classic_loader, load_images, machine, now, sync, write_json
+from common import add_data_args, classic_loader, load_images, machine, now, sync, write_json
 
 from eva8_utils.config import build_config
 from eva8_utils.data import DeviceLoader, make_loaders
@@ -121,10 +121,7 @@ def run_original(splits, device, marks, budget, seed, batch_size=128, workers=0)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 image folder (the JPEG copy); required for real numbers")
-    p.add_argument("--synthetic", type=int, default=50_000,
-                   help="number of random images used when --data-dir is not given (smoke tests)")
-    p.add_argument("--device", default="auto")
+    add_data_args(p, "CIFAR-10 image folder (the JPEG copy); required for real numbers")
     p.add_argument("--marks", default="5,10,15", help="minutes of training at which to measure")
     p.add_argument("--epochs", type=int, default=8, help="length of our one-cycle schedule (fit it to the budget)")
     p.add_argument("--seed", type=int, default=1)

@@ -35,6 +35,14 @@ def machine(device: torch.device) -> dict:
             "python": platform.python_version()}
 
 
+def add_data_args(p, data_help: str) -> None:
+    """The data and device flags every real-data benchmark takes."""
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--synthetic", type=int, default=50_000,
+                   help="number of random images used when --data-dir is not given (smoke tests)")
+    p.add_argument("--device", default="auto")
+
+
 def load_images(data_dir: str | None, synthetic_n: int = 50_000, size: int = 32) -> tuple[Splits, str]:
     """The CIFAR-10 JPEG copy when ``data_dir`` exists, else random uint8 images (said so)."""
     if data_dir and Path(data_dir).is_dir():

@@ -697,9 +697,7 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         tta = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype, tta=cfg.tta)
         logger.info(test_line(tta, f"Test set with TTA ({cfg.tta})"))
     if run_dir is not None:  # training is over: a notebook run's folder must not say "running"
-        extra = {} if tta is None else {"test_acc_tta": tta["test_acc"], "test_loss_tta": tta["test_loss"],
-                                        "tta": cfg.tta}
-        write_run_files(run_dir, history, cfg, status="done", device=device, extra=extra)
+        write_run_files(run_dir, history, cfg, status="done", device=device, extra=tta_metrics(tta, cfg.tta))
     return {"history": history, "final": final, "tta": tta, "epoch_times": epoch_times,
             "train_time_s": float(sum(epoch_times))}
 
@@ -716,6 +714,13 @@ def _append(history: dict[str, list], epoch: int, tr: dict, te: dict, with_l1: b
     first = len(history["steps"]) + 1
     history["steps"].extend([i, epoch, lr, loss] for i, (lr, loss) in
                             enumerate(zip(tr["lrs"], tr["step_losses"]), first))
+
+
+def tta_metrics(tta: dict[str, Any] | None, mode: str) -> dict[str, Any]:
+    """The metrics.json entries of a TTA evaluation (none without one)."""
+    if tta is None:
+        return {}
+    return {"test_acc_tta": tta["test_acc"], "test_loss_tta": tta["test_loss"], "tta": mode}
 
 
 def write_run_files(run_dir: str | Path, history: dict[str, list], cfg: Any, *, status: str,

@@ -202,7 +202,7 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
     from .checkpoint import load_training_state
     from .data import DeviceLoader, load_dataset, make_loaders
     from .engine import (Lookahead, autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config,
-                         set_lr, unwrap, write_run_files)
+                         set_lr, tta_metrics, unwrap, write_run_files)
     from .models import count_parameters, get_spec, model_from_config, prepare_model
 
     cfg.validate()
@@ -325,9 +325,7 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
             "torch": torch.__version__, "world_size": D.world_size(),
             "test_acc": result["final"]["test_acc"], "test_loss": result["final"]["test_loss"],
         }
-        if result["tta"] is not None:
-            extra.update(test_acc_tta=result["tta"]["test_acc"], test_loss_tta=result["tta"]["test_loss"],
-                         tta=cfg.tta)
+        extra.update(tta_metrics(result["tta"], cfg.tta))
         if cfg.analysis:
             full_test = test_loader
             if D.world_size() > 1:  # rank 0 analyses the whole test split, not only its shard
