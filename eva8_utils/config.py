@@ -50,6 +50,7 @@ class TrainConfig:
     image_size: int = _f(0, "resize folder images to N x N pixels; 0 = keep their (common, square) size")
     shapes_train: int = _f(4000, "shapes dataset: number of training images")
     shapes_test: int = _f(1000, "shapes dataset: number of test images")
+    train_subset: int = _f(0, "train on a seeded, class-balanced random subset of N training images (0 = all)")
 
     # --- augmentation (train split only, batched on the device) ---------------------------
     crop_padding: int = _f(4, "random crop after padding by this many pixels per side (0 = off)")
@@ -278,6 +279,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
     need(cfg.shapes_train >= 10, "shapes_train", ">= 10")
     need(cfg.shapes_test >= 1, "shapes_test", ">= 1")
+    need(cfg.train_subset >= 0, "train_subset", ">= 0 (0 = all)")
     need(cfg.crop_padding >= 0, "crop_padding", ">= 0 (0 = off)")
     need(cfg.cutout >= 0, "cutout", ">= 0 (0 = off)")
     for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p"):

@@ -443,11 +443,44 @@ DATASETS: dict[str, Callable[[Any], Splits]] = {
 
 
 def load_dataset(cfg: Any) -> Splits:
-    """Load the dataset a config names (``cfg.dataset``), resized if ``cfg.image_size`` asks."""
+    """Load the dataset a config names (``cfg.dataset``), resized if ``cfg.image_size`` asks,
+    reduced to a class-balanced subset if ``cfg.train_subset`` asks."""
     splits = DATASETS[cfg.dataset](cfg)
     if cfg.image_size and splits.image_size != cfg.image_size:
         splits = resize_splits(splits, cfg.image_size)
+    if getattr(cfg, "train_subset", 0) and cfg.train_subset < len(splits.y_train):
+        splits = subset_train(splits, cfg.train_subset, cfg.seed)
     return splits
+
+
+def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices drawn at random (seeded) with the classes as equal as possible, sorted.
+
+    Each class gives ``n // k`` samples (fewer if it has fewer) and the remainder is
+    drawn from what is left, so a class-sorted folder dataset is sampled fairly.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    n = min(int(n), len(labels))
+    classes = np.unique(labels)
+    per_class = n // len(classes)
+    chosen = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        chosen.append(rng.permutation(idx)[:per_class])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(len(labels)), picked)
+    extra = rng.permutation(rest)[: n - len(picked)]
+    return np.sort(np.concatenate([picked, extra])).astype(np.int64)
+
+
+def subset_train(splits: Splits, n: int, seed: int) -> Splits:
+    """A copy of ``splits`` whose training split is a class-balanced random subset of ``n`` images."""
+    idx = balanced_indices(splits.y_train, n, seed)
+    boxes = splits.boxes_train[idx] if splits.boxes_train is not None else None
+    return Splits(x_train=splits.x_train[idx], y_train=splits.y_train[idx], x_test=splits.x_test,
+                  y_test=splits.y_test, classes=splits.classes, boxes_train=boxes, boxes_test=splits.boxes_test,
+                  name=f"{splits.name} (train subset {len(idx)})")
 
 
 def resize_splits(splits: Splits, size: int) -> Splits:

@@ -231,7 +231,8 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
 
         get_layer(model, cfg.cam_layer)
     train_loader, test_loader = make_loaders(splits, cfg, device, D.rank(), D.world_size())
-    prepare_model(model, train_loader, device, channels_last=cfg.channels_last, data_init=not cfg.resume)
+    prepare_model(model, train_loader, device, channels_last=cfg.channels_last, data_init=not cfg.resume,
+                  seed=cfg.seed)
     if cfg.sync_bn and D.world_size() > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp_dtype = autocast_dtype(device, cfg.precision)

@@ -101,18 +101,22 @@ def model_from_config(cfg: Any, num_classes: int, image_size: int = 32) -> nn.Mo
 
 
 def prepare_model(model: nn.Module, train_loader: Any, device: Any, channels_last: bool = True,
-                  data_init: bool = True, max_init_images: int = 5000) -> nn.Module:
+                  data_init: bool = True, max_init_images: int = 5000, seed: int = 0) -> nn.Module:
     """Get a freshly built model ready to train.
 
-    Runs the model's ``data_init`` (e.g. fastnet's patch whitening) on up to
-    ``max_init_images`` un-augmented training images, moves it to ``device`` and, on
-    CUDA/CPU, to channels_last memory format. Skip ``data_init`` when loading weights.
+    Runs the model's ``data_init`` (e.g. fastnet's patch whitening) on a seeded,
+    class-balanced random sample of up to ``max_init_images`` un-augmented training
+    images (never the first N: a class-sorted folder would give one class only), moves
+    it to ``device`` and, on CUDA/CPU, to channels_last memory format. Skip
+    ``data_init`` when loading weights.
     """
     import torch
 
     if data_init and hasattr(model, "data_init"):
-        n = min(max_init_images, train_loader.num_samples)
-        model.data_init(train_loader.batch_at(torch.arange(n))[0].cpu())
+        from ..data import balanced_indices
+
+        idx = balanced_indices(train_loader.labels.cpu().numpy(), max_init_images, seed)
+        model.data_init(train_loader.batch_at(torch.from_numpy(idx))[0].cpu())
     model.to(device)
     if channels_last and torch.device(device).type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)
