@@ -73,6 +73,7 @@ class TrainConfig:
     groups: int = _f(8, "number of groups for --norm group")
     dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)")
     width: float = _f(1.0, "channel width multiplier (fastnet)")
+    whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias (at the base LR) for N epochs, then freeze it; 0 = all run")
 
     # --- optimisation -------------------------------------------------------------------
     epochs: int = _f(20, "number of training epochs")
@@ -173,7 +174,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
         pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
         cycle_momentum=False, label_smoothing=0.2, crop_padding=2, pad_mode="reflect",
-        flip=True, cutout=0, lookahead=True, tta="flip_translate",
+        flip=True, cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
     ),
 }
 
@@ -292,6 +293,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(0 <= cfg.dropout < 1, "dropout", "in [0, 1)")
     need(cfg.groups >= 1, "groups", ">= 1")
     need(cfg.width > 0, "width", "> 0")
+    need(cfg.whiten_bias_epochs >= 0, "whiten_bias_epochs", ">= 0 (0 = never frozen)")
     need(cfg.num_images >= 1, "num_images", ">= 1")
     need(cfg.lr_find_iters >= 10, "lr_find_iters", ">= 10")
     if cfg.resume and cfg.overwrite:

@@ -53,11 +53,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale
 
     The second group gets ``lr * bias_lr_scale`` and ``weight_decay / bias_lr_scale``, so
     its per-step decay is unchanged while it learns faster (the speed-record trick).
+    Parameters a model names in ``base_lr_params`` (e.g. fastnet's whitening bias) stay
+    in the first group.
     """
+    base = set(getattr(model, "base_lr_params", ()))
     weights, others = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (weights if p.ndim > 1 else others).append(p)
+            (weights if p.ndim > 1 or name in base else others).append(p)
     groups = [dict(params=weights, lr=lr, weight_decay=weight_decay)]
     if others:
         groups.append(dict(params=others, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale))
@@ -366,7 +369,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     epoch: int = 1, progress: bool = True, log_every: int = 10,
                     stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int], None] | None = None,
-                    lookahead: Lookahead | None = None) -> dict[str, Any]:
+                    lookahead: Lookahead | None = None,
+                    frozen: list[torch.Tensor] | None = None) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``.
 
     Args:
@@ -386,6 +390,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         stop: polled before each batch; True stops the epoch early (interrupt).
         on_step: called with the 1-based batch index after each step.
         lookahead: slow weights updated after each step (needs ``schedule`` for progress).
+        frozen: parameters left unchanged this epoch (their gradient is dropped before the
+            step, which works under DDP too).
 
     Returns:
         dict with ``train_loss`` (per-sample mean of the data loss), ``train_acc`` (%),
@@ -429,6 +435,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     scaler.unscale_(optimizer)
             else:
                 total.backward()
+            for p in frozen or ():
+                p.grad = None
             if clip_params:
                 if grad_clip_mode == "norm":
                     torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
@@ -655,13 +663,14 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         # Dropout and any other global randomness: a pure function of (seed, epoch, rank).
         torch.manual_seed(epoch_seed(cfg.seed, epoch, salt=1 + D.rank()))
         train_loader.set_epoch(epoch)
+        frozen = eval_model.frozen_parameters(epoch) if hasattr(eval_model, "frozen_parameters") else []
         logger.info("EPOCH: %d/%d", epoch, cfg.epochs)
         t0 = time.perf_counter()
         tr = train_one_epoch(model, train_loader, optimizer, device=device, schedule=schedule,
                              label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
                              grad_clip_mode=cfg.grad_clip_mode, amp_dtype=amp_dtype, scaler=scaler,
                              epoch=epoch, progress=cfg.progress and rank0, log_every=cfg.log_every,
-                             stop=stop, lookahead=lookahead)
+                             stop=stop, lookahead=lookahead, frozen=frozen)
         if lookahead is not None and epoch == cfg.epochs:
             lookahead.finish(eval_model)
         if device.type == "cuda":

@@ -61,7 +61,7 @@ register_model("fastnet", fastnet)
 register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 
 # Settings a config can pass to a constructor, with the value that means "not asked for".
-_OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0}
+_OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0, "whiten_bias_epochs": 0}
 
 
 def get_spec(name: str) -> ModelSpec:

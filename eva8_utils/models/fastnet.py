@@ -59,13 +59,20 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    """Input (N, 3, H, W) normalised images; output (N, num_classes) logits."""
+    """Input (N, 3, H, W) normalised images; output (N, num_classes) logits.
+
+    ``whiten_bias_epochs`` > 0 trains the whitening bias for that many epochs and then
+    freezes it (airbench94 uses 3); 0 trains it all run long. It learns at the base LR
+    (``base_lr_params``), not at the raised LR of the other biases.
+    """
 
     cam_layer = "block2.conv1"
+    base_lr_params = ("whiten.bias",)
 
     def __init__(self, num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
-                 width: float = 1.0):
+                 width: float = 1.0, whiten_bias_epochs: int = 0):
         super().__init__()
+        self.whiten_bias_epochs = int(whiten_bias_epochs)
         w1, w2, w3 = (max(8, int(round(c * width / 8)) * 8) for c in (64, 256, 256))
         self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)  # 2 x (3*2*2) filters
         self.whiten.weight.requires_grad_(False)
@@ -97,6 +104,12 @@ class FastNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
         self.whiten.bias.zero_()
 
+    def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
+        """Parameters that do not learn in (1-based) ``epoch``: the whitening bias after its epochs."""
+        if self.whiten_bias_epochs and epoch > self.whiten_bias_epochs:
+            return [self.whiten.bias]
+        return []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))
         x = self.block3(self.block2(self.block1(x)))
@@ -105,5 +118,5 @@ class FastNet(nn.Module):
 
 
 def fastnet(num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
-            width: float = 1.0) -> FastNet:
-    return FastNet(num_classes, norm, groups, dropout, width)
+            width: float = 1.0, whiten_bias_epochs: int = 0) -> FastNet:
+    return FastNet(num_classes, norm, groups, dropout, width, whiten_bias_epochs)
