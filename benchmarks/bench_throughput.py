@@ -102,7 +102,7 @@ def main() -> None:
     bs = args.batch_size
     amp_dtype = autocast_dtype(device, "auto")
     channels_last = device.type in ("cuda", "cpu")
-    aug = AugmentConfig(crop_padding=4, flip=True, cutout=16)
+    aug = AugmentConfig(crop_padding=4, flip="random", cutout=16)
     ours = DeviceLoader(splits.x_train, splits.y_train, batch_size=bs, mean=splits.mean, std=splits.std,
                         device=device, train=True, aug=aug, seed=0, channels_last=channels_last)
     workers = [int(w) for w in args.workers.split(",")]

@@ -30,7 +30,7 @@ class AugmentConfig:
 
     crop_padding: int = 4          # pixels of padding per side before the random crop (0 = off)
     pad_mode: str = "zeros"        # zeros (= dataset mean after normalisation) | reflect
-    flip: bool = True              # horizontal flip with p = 0.5
+    flip: str = "random"           # random (p = 0.5 per sample) | alternate (see DeviceLoader) | none
     cutout: int = 16               # side of the cutout square in pixels (0 = off)
     cutout_p: float = 1.0          # probability of cutout per sample
     affine_p: float = 0.0          # probability of shift/scale/rotate per sample
@@ -90,7 +90,7 @@ def sample_params(n: int, aug: AugmentConfig, size: tuple[int, int],
     if aug.crop_padding > 0:
         p["crop_y"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=g)
         p["crop_x"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=g)
-    if aug.flip:
+    if aug.flip == "random":
         p["flip"] = torch.rand(n, generator=g) < 0.5
     if aug.cutout > 0:
         p["cutout"] = torch.rand(n, generator=g) < aug.cutout_p

@@ -26,6 +26,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 NORMS = ("batch", "group", "layer")
 TTA_MODES = ("none", "flip", "flip_translate")
 PAD_MODES = ("zeros", "reflect")
+FLIP_MODES = ("random", "alternate", "none")
 ANNEAL = ("linear", "cos")
 CLIP_MODES = ("norm", "value")
 CAM_SMOOTH = ("none", "aug", "eigen")
@@ -55,7 +56,7 @@ class TrainConfig:
     # --- augmentation (train split only, batched on the device) ---------------------------
     crop_padding: int = _f(4, "random crop after padding by this many pixels per side (0 = off)")
     pad_mode: str = _f("zeros", "padding for the random crop: zeros (the dataset mean) | reflect")
-    flip: bool = _f(True, "random horizontal flip with p=0.5")
+    flip: str = _f("random", "horizontal flip: random (p=0.5 per sample and epoch) | alternate (a random half once, then every image mirrored on alternate epochs, as airbench94) | none")
     cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)")
     cutout_p: float = _f(1.0, "probability of applying cutout to a sample")
     affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)")
@@ -78,19 +79,22 @@ class TrainConfig:
     # --- optimisation -------------------------------------------------------------------
     epochs: int = _f(20, "number of training epochs")
     batch_size: int = _f(512, "images per step per process (under torchrun the global batch is this x world size)")
-    optimizer: str = _f("sgd", "sgd | adam | adamw")
+    drop_last: bool = _f(False, "drop each epoch's last partial training batch (a different random remainder each epoch)")
+    optimizer: str = _f("sgd", "sgd | adam | adamw | muon (Muon for the weight matrices and filters, SGD nesterov for the head and biases)")
     lr: Any = _f(0.4, "learning rate: the peak for onecycle, the start for the others; 'auto' = LR finder suggestion")
     momentum: float = _f(0.9, "SGD momentum (Adam beta1)")
     nesterov: bool = _f(True, "Nesterov momentum for SGD")
     weight_decay: float = _f(5e-4, "L2 weight decay (decoupled for adamw)")
     bias_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (their weight decay is divided by it)")
-    scheduler: str = _f("onecycle", "onecycle | cosine | step | exponential | plateau | none")
+    head_lr_scale: float = _f(1.0, "LR multiplier for the classifier head's weight (its weight decay is divided by it)")
+    muon_momentum: float = _f(0.6, "muon: momentum of the Muon-trained weights (--momentum is the SGD part's)")
+    scheduler: str = _f("onecycle", "onecycle | linear | cosine | step | exponential | plateau | none")
     pct_start: float = _f(0.25, "onecycle: fraction of steps spent warming up")
     div_factor: float = _f(10.0, "onecycle: start LR = lr / div_factor")
     final_div_factor: float = _f(100.0, "onecycle: final LR = start LR / final_div_factor")
     anneal: str = _f("linear", "onecycle: linear | cos")
     cycle_momentum: bool = _f(False, "onecycle: cycle momentum inversely to the LR")
-    warmup_epochs: float = _f(0.0, "cosine/step/exponential/plateau: linear warm-up length in epochs (per step)")
+    warmup_epochs: float = _f(0.0, "linear/cosine/step/exponential/plateau: linear warm-up length in epochs (per step)")
     step_size: int = _f(10, "step: epochs between LR drops")
     step_gamma: float = _f(0.1, "step: LR factor at each drop")
     exp_gamma: float = _f(0.95, "exponential: LR factor per epoch")
@@ -161,7 +165,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="resnet18", epochs=20, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
         nesterov=True, weight_decay=5e-4, scheduler="onecycle", pct_start=0.25,
         div_factor=10.0, final_div_factor=100.0, anneal="linear", cycle_momentum=False,
-        label_smoothing=0.1, crop_padding=4, pad_mode="zeros", flip=True, cutout=16,
+        label_smoothing=0.1, crop_padding=4, pad_mode="zeros", flip="random", cutout=16,
         tta="flip_translate",
     ),
     # fastnet tuned for the shortest time to a target accuracy, after airbench94 (see
@@ -174,7 +178,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
         pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
         cycle_momentum=False, label_smoothing=0.2, crop_padding=2, pad_mode="reflect",
-        flip=True, cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
+        flip="random", cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
     ),
 }
 
@@ -194,6 +198,8 @@ def _flag(name: str) -> str:
 
 
 def _check_types(cfg: TrainConfig) -> None:
+    if isinstance(cfg.flip, bool):  # configs saved before flip had modes: true/false
+        cfg.flip = "random" if cfg.flip else "none"
     for name, f in _FIELDS.items():
         value = getattr(cfg, name)
         default = f.default
@@ -245,6 +251,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     _one_of("norm", cfg.norm, NORMS)
     _one_of("tta", cfg.tta, TTA_MODES)
     _one_of("pad_mode", cfg.pad_mode, PAD_MODES)
+    _one_of("flip", cfg.flip, FLIP_MODES)
     _one_of("anneal", cfg.anneal, ANNEAL)
     _one_of("grad_clip_mode", cfg.grad_clip_mode, CLIP_MODES)
 
@@ -261,6 +268,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(0 <= cfg.momentum < 1, "momentum", "in [0, 1)")
     need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
     need(cfg.bias_lr_scale > 0, "bias_lr_scale", "> 0")
+    need(cfg.head_lr_scale > 0, "head_lr_scale", "> 0")
+    need(0 <= cfg.muon_momentum < 1, "muon_momentum", "in [0, 1)")
     need(0 < cfg.pct_start < 1, "pct_start", "in (0, 1)")
     need(cfg.div_factor > 0, "div_factor", "> 0")
     need(cfg.final_div_factor > 0, "final_div_factor", "> 0")

@@ -530,13 +530,14 @@ class DeviceLoader:
         seed: base seed.
         rank, world_size: this process's place under torchrun.
         channels_last: return batches in channels_last memory format.
+        drop_last: train mode: leave out the epoch's last partial global batch.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                  batch_size: int, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", train: bool = False,
                  aug: A.AugmentConfig | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False):
+                 world_size: int = 1, channels_last: bool = False, drop_last: bool = False):
         self.device = torch.device(device)
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
@@ -552,6 +553,7 @@ class DeviceLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
+        self.drop_last = bool(drop_last and train)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -587,7 +589,9 @@ class DeviceLoader:
             return [(s, min(s + self.batch_size, hi)) for s in range(lo, hi, self.batch_size)]
         g = self.batch_size * w
         bounds = [(s, min(s + g, n)) for s in range(0, n, g)]
-        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * w:
+        if self.drop_last and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < g:
+            bounds.pop()
+        elif len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * w:
             bounds[-2] = (bounds[-2][0], n)
             bounds.pop()
         plan = []
@@ -604,6 +608,12 @@ class DeviceLoader:
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         perm = torch.randperm(n, generator=g)
         params = A.sample_params(n, self.aug, self.image_size, g) if self.aug is not None else {}
+        if self.aug is not None and self.aug.flip == "alternate":
+            # airbench94's flip: a random half of the images (drawn once from the seed) is
+            # mirrored in odd epochs and the other half in even ones, so every image is
+            # seen both ways every two epochs.
+            base = torch.rand(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, 0, salt=7))) < 0.5
+            params["flip"] = base[perm] ^ (self.epoch % 2 == 0)
         return perm, params
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -643,7 +653,7 @@ def make_loaders(splits: Splits, cfg: Any, device: torch.device, rank: int = 0,
     aug = A.AugmentConfig.from_config(cfg)
     train = DeviceLoader(splits.x_train, splits.y_train, batch_size=cfg.batch_size, mean=splits.mean,
                          std=splits.std, device=device, train=True, aug=aug, seed=cfg.seed, rank=rank,
-                         world_size=world_size, channels_last=channels_last)
+                         world_size=world_size, channels_last=channels_last, drop_last=cfg.drop_last)
     test = DeviceLoader(splits.x_test, splits.y_test, batch_size=max(cfg.batch_size, 256),
                         mean=splits.mean, std=splits.std, device=device, train=False, rank=rank,
                         world_size=world_size, channels_last=channels_last)

@@ -33,8 +33,9 @@ from .utils import atomic_write_text
 
 logger = logging.getLogger("eva8_utils")
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("onecycle", "cosine", "step", "exponential", "plateau", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
+SCHEDULERS = ("onecycle", "linear", "cosine", "step", "exponential", "plateau", "none")
+LOOKAHEAD_START_EPOCHS = 3  # slow weights start after this many epochs (airbench94)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
@@ -48,40 +49,137 @@ def _tqdm():
 # ---------------------------------------------------------------------------------------
 # Optimizers
 # ---------------------------------------------------------------------------------------
-def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float = 1.0) -> list[dict]:
-    """Trainable parameters in two groups: weights (ndim > 1) and biases/norm parameters.
+def classifier_head(model: nn.Module) -> nn.Linear | None:
+    """The classifier layer: the last ``nn.Linear`` in module order (None if there is none)."""
+    head = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            head = m
+    return head
 
-    The second group gets ``lr * bias_lr_scale`` and ``weight_decay / bias_lr_scale``, so
-    its per-step decay is unchanged while it learns faster (the speed-record trick).
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float = 1.0,
+                 head_lr_scale: float = 1.0, muon: bool = False) -> list[dict]:
+    """Trainable parameters in up to three groups: weights (ndim > 1), the classifier head's
+    weight (when ``head_lr_scale`` != 1, and always for ``muon``) and biases/norm parameters.
+
+    A group with an LR multiplier ``s`` gets ``lr * s`` and ``weight_decay / s``, so its
+    per-step decay is unchanged while it learns faster (the speed-record trick).
     Parameters a model names in ``base_lr_params`` (e.g. fastnet's whitening bias) stay
-    in the first group.
+    in the weights group, except under ``muon``, whose weights group (marked
+    ``muon=True``, no weight decay) takes matrices only.
     """
     base = set(getattr(model, "base_lr_params", ()))
-    weights, others = [], []
+    head = classifier_head(model) if head_lr_scale != 1.0 or muon else None
+    head_ids = {id(head.weight)} if head is not None else set()
+    weights, heads, others = [], [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (weights if p.ndim > 1 or name in base else others).append(p)
-    groups = [dict(params=weights, lr=lr, weight_decay=weight_decay)]
-    if others:
-        groups.append(dict(params=others, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale))
+        if not p.requires_grad:
+            continue
+        if id(p) in head_ids:
+            heads.append(p)
+        elif p.ndim > 1 or (name in base and not muon):
+            weights.append(p)
+        else:
+            others.append(p)
+    first = dict(params=weights, lr=lr, weight_decay=0.0, muon=True) if muon else \
+        dict(params=weights, lr=lr, weight_decay=weight_decay)
+    groups = [first,
+              dict(params=heads, lr=lr * head_lr_scale, weight_decay=weight_decay / head_lr_scale),
+              dict(params=others, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale)]
     return [g for g in groups if g["params"]]
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise a 2-D matrix (its singular values pushed toward 1) with
+    the quintic Newton-Schulz iteration of Muon (Jordan et al. 2024), in bf16 where fast."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(torch.bfloat16 if g.device.type in ("cuda", "cpu") else torch.float32)
+    x = x / (x.norm() + eps)  # top singular value <= 1
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Muon for the weight matrices (convolution filters flattened to out x in*k*k) and SGD
+    with Nesterov momentum for everything else, as airbench94_muon trains.
+
+    Groups with ``muon=True``: the momentum buffer (Nesterov) is orthogonalised by
+    :func:`newton_schulz` and applied with ``lr``; before each step the weight is rescaled
+    to Frobenius norm sqrt(out) (no weight decay there). Other groups follow torch's SGD
+    rule (weight decay in the gradient, momentum buffer starting at the first gradient).
+    ``torch.optim.Muon`` (torch >= 2.9) accepts 2-D parameters only, so it cannot take
+    convolution filters; this class works on any torch version.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float = 0.85, muon_momentum: float = 0.6,
+                 nesterov: bool = True, ns_steps: int = 3):
+        super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False,
+                                      ns_steps=ns_steps))
+        for g in self.param_groups:
+            if g["muon"]:
+                g["momentum"] = muon_momentum
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, mom, nesterov = group["lr"], group["momentum"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if group["muon"]:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.zeros_like(g)
+                    buf.mul_(mom).add_(g)
+                    g = g.add(buf, alpha=mom) if nesterov else buf
+                    p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
+                    p.add_(newton_schulz(g.reshape(len(g), -1), group["ns_steps"]).view_as(p), alpha=-lr)
+                    continue
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if mom:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = g.clone()
+                    else:
+                        buf.mul_(mom).add_(g)
+                    g = g.add(buf, alpha=mom) if nesterov else buf
+                p.add_(g, alpha=-lr)
+        return loss
 
 
 def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
                    nesterov: bool = True, weight_decay: float = 5e-4,
-                   bias_lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam or AdamW over :func:`param_groups`.
+                   bias_lr_scale: float = 1.0, head_lr_scale: float = 1.0,
+                   muon_momentum: float = 0.6) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov), Adam, AdamW or Muon over :func:`param_groups`.
 
     Args:
         model: the model whose trainable parameters are optimised.
-        name: ``sgd`` | ``adam`` | ``adamw``.
-        lr: learning rate of the weight group.
+        name: ``sgd`` | ``adam`` | ``adamw`` | ``muon`` (:class:`MuonSGD`: Muon for the
+            weights except the classifier head, SGD for the head and the biases).
+        lr: learning rate of the weight group (Muon's LR for ``muon``).
         momentum: SGD momentum, or Adam's beta1.
-        nesterov: Nesterov momentum (SGD only; needs momentum > 0).
-        weight_decay: L2 penalty (decoupled for AdamW).
+        nesterov: Nesterov momentum (SGD/Muon; needs momentum > 0).
+        weight_decay: L2 penalty (decoupled for AdamW; not applied to Muon's weights).
         bias_lr_scale: LR multiplier of biases and norm parameters.
+        head_lr_scale: LR multiplier of the classifier head's weight (always its own SGD
+            group under ``muon``).
+        muon_momentum: momentum of Muon's weights.
     """
-    groups = param_groups(model, lr, weight_decay, bias_lr_scale)
+    if name == "muon":
+        groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale, muon=True)
+        return MuonSGD(groups, lr=lr, momentum=momentum, muon_momentum=muon_momentum, nesterov=nesterov and momentum > 0)
+    groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":
@@ -95,7 +193,7 @@ def optimizer_from_config(model: nn.Module, cfg: Any, lr: float | None = None) -
     """:func:`make_optimizer` with the config's settings (``lr`` overrides ``cfg.lr``)."""
     lr = float(cfg.lr) if lr is None else float(lr)
     return make_optimizer(model, cfg.optimizer, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
-                          cfg.bias_lr_scale)
+                          cfg.bias_lr_scale, cfg.head_lr_scale, cfg.muon_momentum)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -117,6 +215,7 @@ class Schedule:
     - ``onecycle``: the one-cycle policy (as torch's OneCycleLR, but valid for any number
       of steps), per batch: warm-up from lr/div_factor to lr, then down to
       lr/(div_factor*final_div_factor); optionally cycles momentum 0.95 <-> 0.85.
+    - ``linear``: per-step linear decay to 0 over the run (airbench94_muon).
     - ``cosine``: per-step cosine decay to 0 over the run.
     - ``step``: multiply by ``step_gamma`` every ``step_size`` epochs.
     - ``exponential``: multiply by ``exp_gamma`` every epoch.
@@ -191,10 +290,10 @@ class Schedule:
         epoch = step // self.steps_per_epoch
         if self.name == "onecycle":
             return self._onecycle(step)[0]
-        if self.name == "cosine":
+        if self.name in ("cosine", "linear"):
             span = max(1, self.total_steps - self.warmup_steps)
             t = min(max(step - self.warmup_steps, 0), span) / span
-            f = 0.5 * (1 + math.cos(math.pi * t))
+            f = 0.5 * (1 + math.cos(math.pi * t)) if self.name == "cosine" else 1.0 - t
         elif self.name == "step":
             f = self.step_gamma ** (epoch // self.step_size)
         elif self.name == "exponential":
@@ -258,47 +357,55 @@ def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_e
 
 def schedule_depends_on_length(name: str) -> bool:
     """Whether the schedule's LR at a given step depends on the total number of epochs."""
-    return name in ("onecycle", "cosine")
+    return name in ("onecycle", "linear", "cosine")
 
 
 class Lookahead:
-    """Slow weights (Zhang et al. 2019), as used by the CIFAR-10 speed records.
+    """Slow weights as in airbench94 (after Zhang et al. 2019's Lookahead).
 
-    Every ``every`` steps the slow copy moves toward the current weights by
-    ``1 - decay`` and the weights restart from it. ``decay`` grows as
-    ``max_decay * progress**3`` (no averaging early, strong averaging late);
-    :meth:`finish` leaves the model at the slow weights. Floating-point buffers
-    (BatchNorm statistics) are averaged with the weights.
+    From ``start_step`` on, every ``every`` steps the slow copy moves toward the current
+    weights by ``1 - decay`` and the weights restart from it; ``decay`` grows as
+    ``max_decay * progress**3`` (no averaging early, strong averaging late). At the end
+    of every epoch :meth:`sync` sets the weights to the slow copy, so each evaluation and
+    the final model use the slow weights. Floating-point buffers (BatchNorm statistics)
+    are averaged with the weights. airbench94 starts after 3 epochs.
     """
 
-    def __init__(self, model: nn.Module, every: int = 5, max_decay: float = 0.95 ** 5):
-        self.every, self.max_decay = every, max_decay
-        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    def __init__(self, model: nn.Module, every: int = 5, max_decay: float = 0.95 ** 5, start_step: int = 0):
+        self.every, self.max_decay, self.start_step = every, max_decay, int(start_step)
+        self.slow: dict[str, torch.Tensor] | None = None
 
     @torch.no_grad()
     def step(self, model: nn.Module, step: int, progress: float) -> None:
         """Call after every optimizer step; ``step`` counts from 1, ``progress`` is in [0, 1]."""
-        if step % self.every:
+        if step < self.start_step or step % self.every:
+            return
+        current = model.state_dict()
+        if self.slow is None:  # the first visit takes a copy (airbench94's LookaheadState)
+            self.slow = {k: v.detach().clone() for k, v in current.items() if v.is_floating_point()}
             return
         decay = self.max_decay * min(max(progress, 0.0), 1.0) ** 3
-        current = model.state_dict()
         for k, slow in self.slow.items():
             slow.lerp_(current[k], 1 - decay)
             current[k].copy_(slow)
 
     @torch.no_grad()
-    def finish(self, model: nn.Module) -> None:
+    def sync(self, model: nn.Module) -> None:
+        """Set the weights to the slow copy (once there is one)."""
+        if self.slow is None:
+            return
         current = model.state_dict()
         for k, slow in self.slow.items():
             current[k].copy_(slow)
 
     def state_dict(self) -> dict:
-        return {"every": self.every, "max_decay": self.max_decay, "slow": self.slow}
+        return {"every": self.every, "max_decay": self.max_decay, "start_step": self.start_step, "slow": self.slow}
 
     def load_state_dict(self, state: dict) -> None:
         self.every, self.max_decay = int(state["every"]), float(state["max_decay"])
-        for k, v in state["slow"].items():
-            self.slow[k].copy_(v)
+        self.start_step = int(state.get("start_step", 0))
+        slow = state.get("slow")
+        self.slow = None if slow is None else {k: v.detach().clone() for k, v in slow.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -655,7 +762,7 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
     run_dir = Path(run_dir) if run_dir is not None and rank0 else None
     eval_model = unwrap(model)
     if lookahead is None and getattr(cfg, "lookahead", False):
-        lookahead = Lookahead(eval_model)
+        lookahead = Lookahead(eval_model, start_step=LOOKAHEAD_START_EPOCHS * len(train_loader))
     best = max(history["test_acc"], default=-1.0)
     epoch_times: list[float] = list(history.get("_epoch_times", []))
     final = None
@@ -671,8 +778,8 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
                              grad_clip_mode=cfg.grad_clip_mode, amp_dtype=amp_dtype, scaler=scaler,
                              epoch=epoch, progress=cfg.progress and rank0, log_every=cfg.log_every,
                              stop=stop, lookahead=lookahead, frozen=frozen)
-        if lookahead is not None and epoch == cfg.epochs:
-            lookahead.finish(eval_model)
+        if lookahead is not None:
+            lookahead.sync(eval_model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0

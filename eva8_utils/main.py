@@ -201,7 +201,7 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
     """
     from .checkpoint import load_training_state
     from .data import DeviceLoader, load_dataset, make_loaders
-    from .engine import (Lookahead, autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config,
+    from .engine import (LOOKAHEAD_START_EPOCHS, Lookahead, autocast_dtype, fit, make_scaler, optimizer_from_config, schedule_from_config,
                          set_lr, tta_metrics, unwrap, write_run_files)
     from .models import count_parameters, get_spec, model_from_config, prepare_model
 
@@ -249,7 +249,8 @@ def run(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, A
             cfg = cfg.replace(lr=float(lr_result.suggestion))
     schedule = schedule_from_config(optimizer, cfg, len(train_loader))
     scaler = make_scaler(device, amp_dtype)
-    lookahead = Lookahead(model) if cfg.lookahead else None
+    lookahead = (Lookahead(model, start_step=LOOKAHEAD_START_EPOCHS * len(train_loader)) if cfg.lookahead
+                 else None)
     start_epoch, history = 0, None
     if cfg.resume:
         start_epoch, history, used = load_training_state(

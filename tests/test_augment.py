@@ -81,7 +81,7 @@ def test_sampled_parameters_differ_between_samples_and_repeat_with_the_seed():
 
 
 def test_new_augmentations_keep_shapes_and_are_reproducible():
-    aug = A.AugmentConfig(crop_padding=0, flip=False, cutout=0, affine_p=1.0, grayscale_p=0.5, jitter_p=1.0)
+    aug = A.AugmentConfig(crop_padding=0, flip="none", cutout=0, affine_p=1.0, grayscale_p=0.5, jitter_p=1.0)
     x = torch.rand(8, 3, 32, 32)
     outs = []
     for _ in range(2):

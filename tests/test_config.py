@@ -94,7 +94,7 @@ def test_yaml_unknown_keys_wrong_types_and_bad_syntax(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     cases = [("epochs: 3\nbatchsize: 64\nfoo: 1\n", "unknown key(s): batchsize, foo"),
              ("epochs: ten\n", "--epochs must be an integer, got 'ten'"),
-             ("flip: maybe\n", "--flip must be true or false"),
+             ("flip: maybe\n", "--flip 'maybe' is not valid; choose one of: alternate, none, random"),
              ("epochs: [3\n", "is not valid YAML"),
              ("- 1\n- 2\n", "must hold a mapping")]
     for text, message in cases:
@@ -121,7 +121,7 @@ def test_precedence_defaults_recipe_yaml_flags(tmp_path):
 def test_defaults_are_the_assignment():
     c = TrainConfig()
     assert (c.dataset, c.model, c.epochs, c.optimizer, c.scheduler) == ("cifar10", "resnet18", 20, "sgd", "onecycle")
-    assert (c.crop_padding, c.flip, c.cutout) == (4, True, 16)
+    assert (c.crop_padding, c.flip, c.cutout) == (4, "random", 16)
 
 
 def test_config_validation_names_the_valid_choices():
