@@ -7,6 +7,7 @@ and GPU runs see the same augmentations), and :func:`apply` runs the pipeline:
 
     [0,1] floats -> colour (grayscale, brightness/contrast) -> normalise
     -> affine (shift/scale/rotate) -> pad + random crop -> horizontal flip -> cutout
+    -> batch mixing (MixUp / CutMix, with soft targets)
 
 Geometric ops and cutout work on normalised images, so their fill value 0 is the
 dataset mean (the classic CIFAR cutout).
@@ -20,6 +21,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,6 +43,9 @@ class AugmentConfig:
     jitter_p: float = 0.0          # probability of brightness/contrast jitter per sample
     brightness: float = 0.2        # max brightness change (fraction)
     contrast: float = 0.2          # max contrast change (fraction)
+    mixup: float = 0.0             # MixUp Beta(alpha, alpha) parameter (0 = off)
+    cutmix: float = 0.0            # CutMix Beta(alpha, alpha) parameter (0 = off)
+    mix_p: float = 1.0             # probability that a batch is mixed
 
     @classmethod
     def from_config(cls, cfg: Any) -> "AugmentConfig":
@@ -50,6 +55,10 @@ class AugmentConfig:
     @property
     def colour(self) -> bool:
         return self.grayscale_p > 0 or self.jitter_p > 0
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_p > 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,3 +226,62 @@ def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: Augme
     if "cutout" in params:
         x = cutout(x, aug.cutout, params["cut_y"], params["cut_x"], params["cutout"])
     return x
+
+
+# ---------------------------------------------------------------------------------------
+# Batch mixing: MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019)
+# ---------------------------------------------------------------------------------------
+def sample_mix_params(n_batches: int, aug: AugmentConfig, size: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+    """Per-batch mixing parameters, drawn from ``seed`` (NumPy: it samples Beta laws).
+
+    Returns arrays of length ``n_batches``: ``apply`` (bool), ``cutmix`` (bool: CutMix,
+    else MixUp; with both enabled each batch picks one with p=0.5), ``lam`` (the weight of
+    the batch itself; for CutMix, 1 - the pasted box's area fraction after clipping) and
+    the box ``y0, y1, x0, x1`` (CutMix).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    apply = rng.random(n_batches) < aug.mix_p
+    if aug.mixup > 0 and aug.cutmix > 0:
+        use_cut = rng.random(n_batches) < 0.5
+    else:
+        use_cut = np.full(n_batches, aug.cutmix > 0)
+    lam_mix = rng.beta(aug.mixup, aug.mixup, n_batches) if aug.mixup > 0 else np.ones(n_batches)
+    lam_cut = rng.beta(aug.cutmix, aug.cutmix, n_batches) if aug.cutmix > 0 else np.ones(n_batches)
+    # The box: side sqrt(1 - lam) of the image, centred uniformly, clipped at the border.
+    cy, cx = rng.integers(0, h, n_batches), rng.integers(0, w, n_batches)
+    r = np.sqrt(1.0 - lam_cut)
+    bh, bw = (h * r).astype(np.int64), (w * r).astype(np.int64)
+    y0, y1 = np.clip(cy - bh // 2, 0, h), np.clip(cy - bh // 2 + bh, 0, h)
+    x0, x1 = np.clip(cx - bw // 2, 0, w), np.clip(cx - bw // 2 + bw, 0, w)
+    lam_box = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    lam = np.where(apply, np.where(use_cut, lam_box, lam_mix), 1.0)
+    return {"apply": apply, "cutmix": use_cut & apply, "lam": lam, "y0": y0, "y1": y1, "x0": x0, "x1": x1}
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, params: dict[str, Any]) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Mix a batch with itself rolled by one sample (the partner of sample i is i - 1).
+
+    Args:
+        x: (B, C, H, W) images.
+        y: (B,) class indices.
+        num_classes: width of the soft targets.
+        params: one batch's entries of :func:`sample_mix_params` (scalars).
+
+    Returns:
+        The mixed images and soft targets (B, num_classes) whose rows sum to 1: ``lam`` on
+        the sample's class and ``1 - lam`` on its partner's.
+    """
+    target = F.one_hot(y, num_classes).to(torch.float32)
+    if not bool(params["apply"]):
+        return x, target
+    lam = float(params["lam"])
+    xr, tr = x.roll(1, 0), target.roll(1, 0)
+    if bool(params["cutmix"]):
+        y0, y1, x0, x1 = (int(params[k]) for k in ("y0", "y1", "x0", "x1"))
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = xr[:, :, y0:y1, x0:x1]
+    else:
+        x = x * lam + xr * (1.0 - lam)
+    return x, target * lam + tr * (1.0 - lam)

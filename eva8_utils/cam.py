@@ -7,7 +7,10 @@
 - :func:`default_cam_layer`: the model's preferred layer if its map is at least
   ``min_size`` pixels, else the deepest module whose output map is.
 - :func:`pointing_game`: the fraction of images whose CAM maximum falls inside the
-  object's box (shapes dataset), with the box-area baseline a random map would score.
+  object's box (shapes dataset); :func:`cam_pointing_game` runs it on a model next to
+  three baselines (a random point, the image centre, the CAM of a wrong class).
+- :func:`road_faithfulness`: pytorch-grad-cam's ROAD "most relevant first" score of the
+  CAMs against random maps.
 
 pytorch-grad-cam is imported only when a CAM is computed.
 """
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import CAM_SMOOTH, one_of
 from .errors import ConfigError, UserError
 
 # name -> class name in pytorch_grad_cam
@@ -34,8 +38,7 @@ CAM_METHODS: dict[str, str] = {
 
 
 def _cam_class(method: str):
-    if method not in CAM_METHODS:
-        raise ConfigError(f"--cam-method {method!r} is not valid; choose one of: {', '.join(sorted(CAM_METHODS))}")
+    one_of("cam_method", method, CAM_METHODS)
     try:
         import pytorch_grad_cam
     except ImportError:
@@ -129,8 +132,7 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: Sequence[int] 
     cam_cls = _cam_class(method)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    if smooth not in ("none", "aug", "eigen"):
-        raise ConfigError(f"--cam-smooth {smooth!r} is not valid; choose one of: aug, eigen, none")
+    one_of("cam_smooth", smooth, CAM_SMOOTH)
     targets = [int(t) for t in (targets.tolist() if isinstance(targets, torch.Tensor) else targets)]
     if len(targets) != len(images):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -183,10 +185,29 @@ def box_area_baseline(boxes: np.ndarray, height: int, width: int) -> float:
     return float(np.mean(area / (height * width)))
 
 
+def centre_baseline(boxes: np.ndarray, height: int, width: int) -> float:
+    """Pointing-game score of a map that always peaks at the image centre."""
+    cy, cx = (height - 1) // 2, (width - 1) // 2
+    inside = (boxes[:, 0] <= cy) & (boxes[:, 2] >= cy) & (boxes[:, 1] <= cx) & (boxes[:, 3] >= cx)
+    return float(inside.mean()) if len(boxes) else float("nan")
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, int]:
+    """Predicted classes (CPU) and the number of classes (the width of the logits)."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = [model(images[i:i + batch]) for i in range(0, len(images), batch)]
+        return torch.cat([z.argmax(1) for z in logits]).cpu(), int(logits[0].shape[1])
+    finally:
+        model.train(was_training)
+
+
 def cam_pointing_game(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, boxes: np.ndarray, *,
-                      method: str = "gradcam", layer: str | None = None, max_images: int = 500,
-                      batch_size: int = 128) -> dict[str, float]:
-    """Pointing game on correctly classified images, CAM for the true class.
+                      method: str = "gradcam", layer: str | None = None, reshape_transform: Callable | None = None,
+                      max_images: int = 500, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
+    """Pointing game on correctly classified images, CAM for the true class, with baselines.
 
     Args:
         model: classifier.
@@ -194,21 +215,66 @@ def cam_pointing_game(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         labels: (N,) true classes.
         boxes: (N, 4) object boxes ``(y0, x0, y1, x1)``.
         max_images: use at most this many correctly classified images (in order).
+        seed: picks each image's wrong class.
 
     Returns:
-        dict with ``score``, ``baseline`` (box-area fraction of the same images) and ``n``.
+        dict with ``score`` (true-class CAM), ``random_point`` (mean box area),
+        ``centre`` (a map peaking at the image centre), ``wrong_class`` (the CAM of a
+        random other class) and ``n``, all on the same images.
     """
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        preds = torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
-    model.train(was_training)
-    correct = (preds.cpu() == labels.cpu()).nonzero().flatten()[:max_images]
+    preds, k = _predict(model, images)
+    correct = (preds == labels.cpu()).nonzero().flatten()[:max_images]
     if len(correct) == 0:
-        return {"score": float("nan"), "baseline": float("nan"), "n": 0}
+        nan = float("nan")
+        return {"score": nan, "random_point": nan, "centre": nan, "wrong_class": nan, "n": 0}
     idx = correct.to(images.device)
-    cams = compute_cams(model, images[idx], labels.cpu()[correct], method=method, layer=layer,
-                        batch_size=batch_size)
+    true = labels.cpu()[correct]
+    rng = np.random.default_rng(seed)
+    wrong = (true.numpy() + rng.integers(1, k, len(true))) % k  # uniformly one of the other classes
+    kw = dict(method=method, layer=layer, reshape_transform=reshape_transform, batch_size=batch_size)
+    cams = compute_cams(model, images[idx], true, **kw)
+    cams_wrong = compute_cams(model, images[idx], wrong, **kw)
     b = np.asarray(boxes)[correct.numpy()]
     h, w = images.shape[-2:]
-    return {"score": pointing_game(cams, b), "baseline": box_area_baseline(b, h, w), "n": int(len(correct))}
+    return {"score": pointing_game(cams, b), "random_point": box_area_baseline(b, h, w),
+            "centre": centre_baseline(b, h, w), "wrong_class": pointing_game(cams_wrong, b), "n": int(len(correct))}
+
+
+def road_faithfulness(model: nn.Module, images: torch.Tensor, targets, *, method: str = "gradcam",
+                      layer: str | None = None, reshape_transform: Callable | None = None, smooth: str = "none",
+                      percentile: int = 80, seed: int = 0) -> dict[str, float]:
+    """ROAD "most relevant first" (pytorch-grad-cam's metric) for the CAMs of ``targets``,
+    and for uniformly random maps on the same images.
+
+    The pixels above the ``percentile`` of each map are replaced by noisy linear
+    imputation and the softmax probability of the target class is measured again.
+
+    Returns:
+        dict with ``score`` and ``random`` (mean change in probability: more negative means
+        the removed pixels mattered more) and ``n``.
+    """
+    from pytorch_grad_cam.metrics.road import ROADMostRelevantFirst
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    targets = [int(t) for t in (targets.tolist() if isinstance(targets, torch.Tensor) else list(targets))]
+    cams = compute_cams(model, images, targets, method=method, layer=layer, reshape_transform=reshape_transform,
+                        smooth=smooth)
+    random_maps = np.random.default_rng(seed).random(cams.shape).astype(np.float32)
+    metric = ROADMostRelevantFirst(percentile=percentile)
+    was_training = model.training
+    model.eval()
+    out = {}
+    try:
+        with torch.random.fork_rng(devices=[]):  # the imputer draws noise: keep the caller's RNG untouched
+            torch.manual_seed(seed)
+            x = images.detach().float()
+            for name, maps in (("score", cams), ("random", random_maps)):
+                scores = []
+                for i in range(0, len(x), 64):
+                    t = [ClassifierOutputSoftmaxTarget(c) for c in targets[i:i + 64]]
+                    scores.append(np.asarray(metric(x[i:i + 64], maps[i:i + 64], t, model)).reshape(-1))
+                out[name] = float(np.concatenate(scores).mean())
+    finally:
+        model.train(was_training)
+    out["n"] = len(targets)
+    return out

@@ -85,94 +85,40 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | P
         raise CheckpointError(f"{path} does not fit this model ({first[:150]}); check --model and --norm") from None
 
 
-def save_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, schedule,
-                        scaler, epoch: int, history: dict, config: dict, meta: dict, is_best: bool,
-                        lookahead=None) -> None:
-    """Write ``checkpoints/last.pt`` (previous one kept as ``prev.pt``) and, if ``is_best``, ``best.pt``."""
-    ckdir = Path(run_dir) / "checkpoints"
-    for p in model.parameters():
-        if not torch.isfinite(p).all():  # never replace a good checkpoint by broken weights
-            raise RuntimeError("refusing to save non-finite weights")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    weights = model.state_dict()
-    state = {
-        "model": weights, "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict() if schedule is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "lookahead": lookahead.state_dict() if lookahead is not None else None,
-        "epoch": int(epoch), "history": history, "config": config, "rng": rng, **meta,
-    }
-    save_checkpoint(ckdir / "last.pt", state, keep_previous=True)
-    if is_best:
-        save_checkpoint(ckdir / "best.pt", {"model": weights, "epoch": int(epoch), "config": config,
-                                            "test_acc": history["test_acc"][-1], **meta})
-
-
-def load_training_state(run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        schedule, scaler, model_name: str, num_classes: int,
-                        map_location: str | torch.device = "cpu", lookahead=None) -> tuple[int, dict, Path]:
-    """Restore model, optimizer, schedule, scaler (and lookahead) from the run's ``last.pt``
-    (else ``prev.pt``).
-
-    Returns:
-        (completed epochs, history, path used).
-
-    Raises:
-        CheckpointError: no usable checkpoint, or one for another model.
-    """
-    ckdir = Path(run_dir) / "checkpoints"
-    candidates = [ckdir / "last.pt", ckdir / "prev.pt"]
-    errors = []
-    for path in candidates:
-        if not path.exists():
-            continue
-        try:
-            ckpt = load_checkpoint(path, map_location)
-        except CheckpointError as e:
-            errors.append(e)
-            logger.warning("%s; trying the previous checkpoint", e)
-            continue
-        check_compatible(ckpt, model_name, num_classes, path)
-        load_weights(model, ckpt["model"], path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if schedule is not None and ckpt.get("schedule") is not None:
-            try:
-                schedule.load_state_dict(ckpt["schedule"])
-            except ValueError as e:
-                raise CheckpointError(
-                    f"cannot resume {path} with these settings: {e}; keep --epochs and --scheduler "
-                    f"of the run (onecycle and cosine fix their length at the start)") from None
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        if lookahead is not None and ckpt.get("lookahead") is not None:
-            lookahead.load_state_dict(ckpt["lookahead"])
-        if path.name == "prev.pt":
-            logger.warning("resumed from the previous checkpoint %s", path)
-        return int(ckpt["epoch"]), ckpt["history"], path
-    if errors:
-        raise errors[0]
-    raise CheckpointError(f"{ckdir} holds no checkpoint to resume from; start the run without --resume")
-
-
 def load_model(path: str | Path, model: nn.Module | None = None, map_location: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model from a checkpoint (``best.pt`` or ``last.pt``) for inference.
 
+    The checkpoint says how to rebuild its model (a registered name or
+    ``package.module:callable``, its options and the modules to import); those modules
+    are imported by name, and nothing in the file is unpickled as code.
+
     Args:
         path: checkpoint file.
-        model: the module to fill; None builds the checkpoint's registered model.
+        model: the module to fill (needed when the run trained a module passed in
+            directly); None rebuilds the checkpoint's model.
+        map_location: where the weights go.
 
     Returns:
-        (model in eval mode, checkpoint dict).
+        ``(model, checkpoint)``: the model in eval mode, and the checkpoint dict, whose
+        ``classes``, ``mean``, ``std`` and ``image_size`` describe the inputs it expects.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, unsafe, or its model cannot be
+            rebuilt (e.g. the module that defines it cannot be imported).
     """
     ckpt = load_checkpoint(path, map_location)
     if model is None:
-        from .config import TrainConfig
-        from .models import model_from_config
+        from .errors import ConfigError
+        from .models import build_from_reference
 
-        cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-        model = model_from_config(cfg, ckpt["num_classes"], ckpt.get("image_size", 32))
+        ref = ckpt.get("model_ref")
+        if ref is None:
+            raise CheckpointError(f"{path} holds a {ckpt.get('model_name', 'model')} that was passed in directly; "
+                                  f"build that model yourself and pass it: load_model(path, model=...)")
+        try:
+            model = build_from_reference(ref, int(ckpt["num_classes"]))
+        except ConfigError as e:
+            raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from None
     load_weights(model, ckpt["model"], path)
-    return model.eval(), ckpt
+    return model.to(map_location).eval(), ckpt

@@ -1,5 +1,11 @@
 """TrainConfig: every knob of a run in one typed dataclass, plus named recipes.
 
+Plain data: this module imports nothing from the rest of the package but its errors.
+It checks types, ranges and the choices it owns (``FIELD_CHOICES``); names that live in
+a registry (models, datasets, optimizers, schedulers, CAM methods) are checked by
+:func:`eva8_utils.experiment.check_names`, which asks each registry, when a run is
+assembled.
+
 Precedence when a run is configured (lowest first): the dataclass defaults, the named
 ``recipe``, the YAML file (``--config``), then explicit command-line flags. The
 resolved config is saved with every run and every checkpoint.
@@ -20,7 +26,7 @@ import yaml
 
 from .errors import ConfigError
 
-# Choices that do not live in a registry of their own.
+# Choices owned here (the modules that implement them import these lists).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NORMS = ("batch", "group", "layer")
@@ -31,106 +37,171 @@ ANNEAL = ("linear", "cos")
 CLIP_MODES = ("norm", "value")
 CAM_SMOOTH = ("none", "aug", "eigen")
 
+# Flag groups of --help, in order.
+GROUPS = ("data", "augmentation", "model", "optimisation", "schedule", "run", "analysis")
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field carrying its CLI help text (and optional choices) as metadata."""
-    return field(default=default, metadata={"help": help, **meta})
+# Settings that steer a run without changing what it computes: a resumed run may change
+# them, and two runs that differ only here are the same experiment.
+RUN_CONTROL = ("out", "resume", "overwrite", "progress", "log_every", "analysis", "readme_images",
+               "checkpoint_minutes", "tensorboard", "num_images", "cam_method", "cam_layer", "cam_smooth",
+               "device", "data_dir", "cache_dir")
+
+_group = "run"
+
+
+def _f(default: Any, help: str, *, choices: tuple[str, ...] | None = None, registry: str | None = None,
+       group: str | None = None) -> Any:
+    """A dataclass field carrying its help text, flag group and choices as metadata.
+
+    ``choices``: a list owned by this module; ``registry``: the name of a registry that
+    owns the list (asked at run time, see :func:`eva8_utils.experiment.choices`).
+    """
+    meta: dict[str, Any] = {"help": help, "group": group or _group}
+    if choices is not None:
+        meta["choices"] = choices
+    if registry is not None:
+        meta["registry"] = registry
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a run. Units are given in each help text."""
 
-    # --- recipe -------------------------------------------------------------------------
-    recipe: str = _f("", "named preset applied under the other settings: resnet18 | fast")
-
     # --- data ---------------------------------------------------------------------------
-    dataset: str = _f("cifar10", "data source: cifar10 | folder | shapes")
-    data_dir: str = _f("./data", "cifar10: download/cache folder; folder: ROOT with train/ and test/ (or val/)")
-    cache_dir: str = _f("", "where decoded folder datasets are cached (.npz); '' = ~/.cache/eva8_utils, 'off' = no cache")
-    image_size: int = _f(0, "resize folder images to N x N pixels; 0 = keep their (common, square) size")
-    shapes_train: int = _f(4000, "shapes dataset: number of training images")
-    shapes_test: int = _f(1000, "shapes dataset: number of test images")
-    train_subset: int = _f(0, "train on a seeded, class-balanced random subset of N training images (0 = all)")
+    dataset: str = _f("cifar10", "data source", registry="datasets", group="data")
+    data_dir: str = _f("./data", "cifar10: download/cache folder; folder: ROOT with train/ and test/ (or val/)",
+                       group="data")
+    cache_dir: str = _f("", "where decoded folder datasets are cached (.npz); '' = ~/.cache/eva8_utils, "
+                            "'off' = no cache", group="data")
+    image_size: int = _f(0, "resize images to N x N pixels; 0 = keep their (common, square) size", group="data")
+    shapes_train: int = _f(4000, "shapes dataset: number of training images", group="data")
+    shapes_test: int = _f(1000, "shapes dataset: number of test images", group="data")
+    train_subset: int = _f(0, "train on a seeded, class-balanced random subset of N training images (0 = all)",
+                           group="data")
 
     # --- augmentation (train split only, batched on the device) ---------------------------
-    crop_padding: int = _f(4, "random crop after padding by this many pixels per side (0 = off)")
-    pad_mode: str = _f("zeros", "padding for the random crop: zeros (the dataset mean) | reflect")
-    flip: str = _f("random", "horizontal flip: random (p=0.5 per sample and epoch) | alternate (a random half once, then every image mirrored on alternate epochs, as airbench94) | none")
-    cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)")
-    cutout_p: float = _f(1.0, "probability of applying cutout to a sample")
-    affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)")
-    affine_shift: float = _f(0.0625, "affine: max shift as a fraction of the image side")
-    affine_scale: float = _f(0.1, "affine: max relative scale change (0.1 = 0.9x..1.1x)")
-    affine_rotate: float = _f(15.0, "affine: max rotation in degrees")
-    grayscale_p: float = _f(0.0, "probability of converting a sample to grayscale")
-    jitter_p: float = _f(0.0, "probability of brightness/contrast jitter per sample")
-    brightness: float = _f(0.2, "jitter: max brightness change (fraction)")
-    contrast: float = _f(0.2, "jitter: max contrast change (fraction)")
+    crop_padding: int = _f(4, "random crop after padding by this many pixels per side (0 = off)",
+                           group="augmentation")
+    pad_mode: str = _f("zeros", "padding for the random crop (zeros = the dataset mean)", choices=PAD_MODES,
+                       group="augmentation")
+    flip: str = _f("random", "horizontal flip: random (p=0.5 per sample and epoch), alternate (a random half "
+                             "once, then every image mirrored on alternate epochs, as airbench94) or none",
+                   choices=FLIP_MODES, group="augmentation")
+    cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)", group="augmentation")
+    cutout_p: float = _f(1.0, "probability of applying cutout to a sample", group="augmentation")
+    affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)", group="augmentation")
+    affine_shift: float = _f(0.0625, "affine: max shift as a fraction of the image side", group="augmentation")
+    affine_scale: float = _f(0.1, "affine: max relative scale change (0.1 = 0.9x..1.1x)", group="augmentation")
+    affine_rotate: float = _f(15.0, "affine: max rotation in degrees", group="augmentation")
+    grayscale_p: float = _f(0.0, "probability of converting a sample to grayscale", group="augmentation")
+    jitter_p: float = _f(0.0, "probability of brightness/contrast jitter per sample", group="augmentation")
+    brightness: float = _f(0.2, "jitter: max brightness change (fraction)", group="augmentation")
+    contrast: float = _f(0.2, "jitter: max contrast change (fraction)", group="augmentation")
+    mixup: float = _f(0.0, "MixUp alpha: mix each batch with itself rolled by one, lambda ~ Beta(alpha, alpha), "
+                           "soft targets (0 = off)", group="augmentation")
+    cutmix: float = _f(0.0, "CutMix alpha: paste a box of area 1-lambda from the rolled batch, lambda ~ "
+                            "Beta(alpha, alpha) (0 = off; with --mixup too, each batch picks one at random)",
+                       group="augmentation")
+    mix_p: float = _f(1.0, "probability that a batch is mixed (with --mixup or --cutmix)", group="augmentation")
 
     # --- model --------------------------------------------------------------------------
-    model: str = _f("resnet18", "registered model name")
-    norm: str = _f("batch", "normalisation layers: batch | group | layer (ResNets, custom_resnet, fastnet)")
-    groups: int = _f(8, "number of groups for --norm group")
-    dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)")
-    width: float = _f(1.0, "channel width multiplier (fastnet)")
-    whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias (at the base LR) for N epochs, then freeze it; 0 = all run")
+    model: str = _f("resnet18", "a registered model name, or package.module:callable (the callable takes "
+                                "num_classes and returns an nn.Module)", registry="models", group="model")
+    imports: list = _f([], "modules to import before the model is looked up (they may register models); "
+                           "on the command line --import MODULE, repeatable", group="model")
+    norm: str = _f("batch", "normalisation layers (ResNets, custom_resnet, fastnet)", choices=NORMS, group="model")
+    groups: int = _f(8, "number of groups for --norm group", group="model")
+    dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)", group="model")
+    width: float = _f(1.0, "channel width multiplier (fastnet)", group="model")
+    whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias (at the base LR) for N epochs, then freeze "
+                                    "it; 0 = all run", group="model")
 
     # --- optimisation -------------------------------------------------------------------
-    epochs: int = _f(20, "number of training epochs")
-    batch_size: int = _f(512, "images per step per process (under torchrun the global batch is this x world size)")
-    drop_last: bool = _f(False, "drop each epoch's last partial training batch (a different random remainder each epoch)")
-    optimizer: str = _f("sgd", "sgd | adam | adamw | muon (Muon for the weight matrices and filters, SGD nesterov for the head and biases)")
-    lr: Any = _f(0.4, "learning rate: the peak for onecycle, the start for the others; 'auto' = LR finder suggestion")
-    momentum: float = _f(0.9, "SGD momentum (Adam beta1)")
-    nesterov: bool = _f(True, "Nesterov momentum for SGD")
-    weight_decay: float = _f(5e-4, "L2 weight decay (decoupled for adamw)")
-    bias_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (their weight decay is divided by it)")
-    head_lr_scale: float = _f(1.0, "LR multiplier for the classifier head's weight (its weight decay is divided by it)")
-    muon_momentum: float = _f(0.6, "muon: momentum of the Muon-trained weights (--momentum is the SGD part's)")
-    scheduler: str = _f("onecycle", "onecycle | linear | cosine | step | exponential | plateau | none")
-    pct_start: float = _f(0.25, "onecycle: fraction of steps spent warming up")
-    div_factor: float = _f(10.0, "onecycle: start LR = lr / div_factor")
-    final_div_factor: float = _f(100.0, "onecycle: final LR = start LR / final_div_factor")
-    anneal: str = _f("linear", "onecycle: linear | cos")
-    cycle_momentum: bool = _f(False, "onecycle: cycle momentum inversely to the LR")
-    warmup_epochs: float = _f(0.0, "linear/cosine/step/exponential/plateau: linear warm-up length in epochs (per step)")
-    step_size: int = _f(10, "step: epochs between LR drops")
-    step_gamma: float = _f(0.1, "step: LR factor at each drop")
-    exp_gamma: float = _f(0.95, "exponential: LR factor per epoch")
-    plateau_patience: int = _f(2, "plateau: epochs without test-loss improvement before a drop")
-    plateau_factor: float = _f(0.1, "plateau: LR factor at a drop")
-    plateau_threshold: float = _f(1e-4, "plateau: relative improvement that counts")
-    min_lr: float = _f(0.0, "plateau: lower bound on the LR")
-    label_smoothing: float = _f(0.1, "label smoothing of the training loss (the test loss is plain cross-entropy)")
-    l1: float = _f(0.0, "L1 penalty lambda on the weights (added to the backpropagated loss, reported apart)")
-    grad_clip: float = _f(0.0, "clip gradients to this max norm/value (0 = off)")
-    grad_clip_mode: str = _f("norm", "norm (global L2 norm) | value (element-wise)")
-    lookahead: bool = _f(False, "slow weights every 5 steps, averaging more as training ends (fast recipe)")
+    epochs: int = _f(20, "number of training epochs", group="optimisation")
+    batch_size: int = _f(512, "images per step per process (under torchrun the global batch is this x world "
+                              "size)", group="optimisation")
+    drop_last: bool = _f(False, "drop each epoch's last partial training batch", group="optimisation")
+    optimizer: str = _f("sgd", "optimizer; muon = Muon for the weight matrices and filters, SGD with Nesterov "
+                               "momentum for the classifier head and the biases", registry="optimizers",
+                        group="optimisation")
+    lr: Any = _f(0.4, "learning rate: the peak for onecycle, the start for the others; 'auto' = the LR "
+                      "finder's suggestion", group="optimisation")
+    momentum: float = _f(0.9, "SGD momentum (Adam beta1)", group="optimisation")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD", group="optimisation")
+    weight_decay: float = _f(5e-4, "L2 weight decay (decoupled for adamw; none on Muon's weights)",
+                             group="optimisation")
+    bias_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (their weight decay is divided "
+                                   "by it)", group="optimisation")
+    head_lr_scale: float = _f(1.0, "LR multiplier for the classifier head's weight (its weight decay is divided "
+                                   "by it)", group="optimisation")
+    muon_momentum: float = _f(0.6, "muon: momentum of the Muon-trained weights (--momentum is the SGD part's)",
+                              group="optimisation")
+    label_smoothing: float = _f(0.1, "label smoothing of the training loss (the test loss is plain "
+                                     "cross-entropy)", group="optimisation")
+    l1: float = _f(0.0, "L1 penalty lambda on the weights (added to the backpropagated loss, reported apart)",
+                   group="optimisation")
+    grad_clip: float = _f(0.0, "clip gradients to this max norm/value (0 = off)", group="optimisation")
+    grad_clip_mode: str = _f("norm", "norm (global L2 norm) or value (element-wise)", choices=CLIP_MODES,
+                             group="optimisation")
+    lookahead: bool = _f(False, "slow weights every 5 steps after 3 epochs, averaging more as training ends, "
+                                "copied back after every epoch (airbench94)", group="optimisation")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. "
+                         "0.999; BatchNorm statistics are averaged too), evaluated every epoch; 0 = off",
+                    group="optimisation")
 
-    # --- runtime ------------------------------------------------------------------------
-    seed: int = _f(1, "random seed: same seed, same run on CPU")
-    device: str = _f("auto", "auto | cpu | cuda | mps")
-    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, fp16 on older GPUs, else fp32) | fp32 | bf16 | fp16")
-    channels_last: bool = _f(True, "channels_last memory format (CUDA and CPU)")
-    compile: bool = _f(False, "torch.compile the model (CUDA)")
-    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm under torchrun")
-    tta: str = _f("flip_translate", "test-time augmentation for the final evaluation, reported next to the plain accuracy: none | flip | flip_translate")
-    log_every: int = _f(10, "steps between progress-bar updates (each update syncs with the device)")
-    progress: bool = _f(True, "show tqdm progress bars")
+    # --- schedule -----------------------------------------------------------------------
+    scheduler: str = _f("onecycle", "LR schedule", registry="schedulers", group="schedule")
+    pct_start: float = _f(0.25, "onecycle: fraction of steps spent warming up", group="schedule")
+    div_factor: float = _f(10.0, "onecycle: start LR = lr / div_factor", group="schedule")
+    final_div_factor: float = _f(100.0, "onecycle: final LR = start LR / final_div_factor", group="schedule")
+    anneal: str = _f("linear", "onecycle: the shape of the warm-up and the decay", choices=ANNEAL, group="schedule")
+    cycle_momentum: bool = _f(False, "onecycle: cycle momentum inversely to the LR", group="schedule")
+    warmup_epochs: float = _f(0.0, "linear/cosine/step/exponential/plateau: linear warm-up length in epochs "
+                                   "(per step)", group="schedule")
+    step_size: int = _f(10, "step: epochs between LR drops", group="schedule")
+    step_gamma: float = _f(0.1, "step: LR factor at each drop", group="schedule")
+    exp_gamma: float = _f(0.95, "exponential: LR factor per epoch", group="schedule")
+    plateau_patience: int = _f(2, "plateau: epochs without test-loss improvement before a drop", group="schedule")
+    plateau_factor: float = _f(0.1, "plateau: LR factor at a drop", group="schedule")
+    plateau_threshold: float = _f(1e-4, "plateau: relative improvement that counts", group="schedule")
+    min_lr: float = _f(0.0, "plateau: lower bound on the LR", group="schedule")
 
-    # --- output and analysis -------------------------------------------------------------
-    out: str = _f("", "run folder; '' = runs/<timestamp>-<model>")
-    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
-    overwrite: bool = _f(False, "replace an existing run in --out")
-    analysis: bool = _f(True, "after training, write the pictures, report.md and CAM metrics")
-    cam_method: str = _f("gradcam", "gradcam | gradcam++ | xgradcam | layercam | eigencam | scorecam")
-    cam_layer: str = _f("", "dotted module name for CAMs; '' = the model's default (a layer of at least 8x8)")
-    cam_smooth: str = _f("none", "CAM smoothing: none | aug | eigen")
-    num_images: int = _f(10, "misclassified images (and their CAMs) to show")
-    lr_find: bool = _f(False, "run the LR range test before training and save its plot")
-    lr_find_iters: int = _f(100, "LR finder: number of steps in the sweep")
-    readme_images: bool = _f(False, "also copy the images to image/README/")
+    # --- run ----------------------------------------------------------------------------
+    recipe: str = _f("", "named preset applied under the other settings ('' = none)", choices=("", "resnet18",
+                                                                                            "fast"), group="run")
+    seed: int = _f(1, "random seed: same seed, same run on CPU", group="run")
+    device: str = _f("auto", "where to train", choices=DEVICES, group="run")
+    precision: str = _f("auto", "auto = bf16 on CUDA GPUs of compute capability >= 8.0 (A100, H100) and on CPUs "
+                                "with native bf16, fp16 + GradScaler on 7.x (T4, V100), else fp32",
+                        choices=PRECISIONS, group="run")
+    channels_last: bool = _f(True, "channels_last memory format (CUDA and CPU)", group="run")
+    compile: bool = _f(False, "torch.compile the model (CUDA)", group="run")
+    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm under torchrun", group="run")
+    log_every: int = _f(10, "steps between progress-bar updates (each update syncs with the device)", group="run")
+    progress: bool = _f(True, "show tqdm progress bars", group="run")
+    out: str = _f("", "run folder; '' = runs/<timestamp>-<model>", group="run")
+    resume: bool = _f(False, "continue the run in --out from its last checkpoint", group="run")
+    overwrite: bool = _f(False, "replace an existing run in --out", group="run")
+    checkpoint_minutes: float = _f(10.0, "also checkpoint inside an epoch every this many minutes, so --resume "
+                                         "continues at the exact batch (0 = epoch ends only)", group="run")
+    tensorboard: bool = _f(False, "write TensorBoard scalars, images and hyperparameters into RUN/tensorboard "
+                                  "(needs the tensorboard package)", group="run")
+
+    # --- analysis -----------------------------------------------------------------------
+    tta: str = _f("flip_translate", "test-time augmentation for the final evaluation, reported next to the plain "
+                                    "accuracy", choices=TTA_MODES, group="analysis")
+    analysis: bool = _f(True, "after training, write the pictures, report.md and CAM metrics", group="analysis")
+    cam_method: str = _f("gradcam", "class-activation-map method", registry="cam_methods", group="analysis")
+    cam_layer: str = _f("", "dotted module name for CAMs; '' = the model's default (a layer of at least 8x8)",
+                        group="analysis")
+    cam_smooth: str = _f("none", "CAM smoothing", choices=CAM_SMOOTH, group="analysis")
+    num_images: int = _f(10, "misclassified images (and their CAMs) to show", group="analysis")
+    lr_find: bool = _f(False, "run the LR range test before training and save its plot", group="analysis")
+    lr_find_iters: int = _f(100, "LR finder: number of steps in the sweep", group="analysis")
+    readme_images: bool = _f(False, "also copy the images to image/README/", group="analysis")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -148,9 +219,12 @@ class TrainConfig:
         return isinstance(self.lr, str) and self.lr == "auto"
 
     def validate(self) -> "TrainConfig":
-        """Check every value; raise :class:`ConfigError` with one line naming the fix."""
+        """Check types, ranges and the choices owned here; raise :class:`ConfigError` with one
+        line naming the fix. Registry names are checked by ``experiment.check_names``."""
         _check_types(self)
-        _check_choices(self)
+        for name, f in _FIELDS.items():
+            if "choices" in f.metadata:
+                one_of(name, getattr(self, name), f.metadata["choices"])
         _check_ranges(self)
         return self
 
@@ -172,7 +246,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # benchmarks/RESULTS.md): 2-pixel translations with reflect padding and flips, no
     # cutout, SGD nesterov 0.85 with LR 0.75 per 512 images (mean loss) and a 64x LR on
     # the norm biases, weight decay 1.33e-3, label smoothing 0.2, a triangular one-cycle
-    # (x0.2 -> peak at 23% -> x0.07), lookahead slow weights, TTA at the end.
+    # (x0.2 -> peak at 23% -> x0.07), lookahead slow weights, the whitening bias frozen
+    # after 3 epochs, TTA at the end.
     "fast": dict(
         model="fastnet", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85,
         nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
@@ -183,29 +258,44 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+assert set(_FIELDS["recipe"].metadata["choices"]) == {""} | set(RECIPES)
 
 
 def field_names() -> list[str]:
     return list(_FIELDS)
 
 
-def field_help(name: str) -> str:
-    return _FIELDS[name].metadata.get("help", "")
+def field_meta(name: str) -> dict[str, Any]:
+    """The help text, group and choices of a field."""
+    return dict(_FIELDS[name].metadata)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a field: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
+
+
+def one_of(name: str, value: Any, choices) -> None:
+    """Raise the one-line error of a value that is not among ``choices``."""
+    if value not in choices:
+        listed = ", ".join(sorted(c for c in choices if c))
+        raise ConfigError(f"{flag(name)} {value!r} is not valid; choose one of: {listed}")
 
 
 def _check_types(cfg: TrainConfig) -> None:
     if isinstance(cfg.flip, bool):  # configs saved before flip had modes: true/false
         cfg.flip = "random" if cfg.flip else "none"
+    if isinstance(cfg.imports, str):
+        cfg.imports = [cfg.imports] if cfg.imports else []
     for name, f in _FIELDS.items():
         value = getattr(cfg, name)
-        default = f.default
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if name == "lr":
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or value == "auto"
             want = "a number or 'auto'"
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+            want = "a list of module names"
         elif isinstance(default, bool):
             ok, want = isinstance(value, bool), "true or false"
         elif isinstance(default, int):
@@ -216,50 +306,19 @@ def _check_types(cfg: TrainConfig) -> None:
         else:
             ok, want = isinstance(value, str), "a string"
         if not ok:
-            raise ConfigError(f"{_flag(name)} must be {want}, got {value!r}")
+            raise ConfigError(f"{flag(name)} must be {want}, got {value!r}")
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(cfg, name, float(value))
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{_flag(name)} must be finite, got {value!r}")
+            raise ConfigError(f"{flag(name)} must be finite, got {value!r}")
     if isinstance(cfg.lr, int):
         cfg.lr = float(cfg.lr)
-
-
-def _one_of(name: str, value: str, choices) -> None:
-    if value not in choices:
-        listed = ", ".join(sorted(choices))
-        raise ConfigError(f"{_flag(name)} {value!r} is not valid; choose one of: {listed}")
-
-
-def _check_choices(cfg: TrainConfig) -> None:
-    # Registries are imported here (not at module import) to keep import order simple.
-    from .cam import CAM_METHODS
-    from .data import DATASETS
-    from .engine import OPTIMIZERS, SCHEDULERS
-    from .models import MODELS
-
-    if cfg.recipe:
-        _one_of("recipe", cfg.recipe, RECIPES)
-    _one_of("dataset", cfg.dataset, DATASETS)
-    _one_of("model", cfg.model, MODELS)
-    _one_of("optimizer", cfg.optimizer, OPTIMIZERS)
-    _one_of("scheduler", cfg.scheduler, SCHEDULERS)
-    _one_of("cam_method", cfg.cam_method, CAM_METHODS)
-    _one_of("cam_smooth", cfg.cam_smooth, CAM_SMOOTH)
-    _one_of("precision", cfg.precision, PRECISIONS)
-    _one_of("device", cfg.device, DEVICES)
-    _one_of("norm", cfg.norm, NORMS)
-    _one_of("tta", cfg.tta, TTA_MODES)
-    _one_of("pad_mode", cfg.pad_mode, PAD_MODES)
-    _one_of("flip", cfg.flip, FLIP_MODES)
-    _one_of("anneal", cfg.anneal, ANNEAL)
-    _one_of("grad_clip_mode", cfg.grad_clip_mode, CLIP_MODES)
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:
-            raise ConfigError(f"{_flag(name)} must be {what}, got {getattr(cfg, name)!r}")
+            raise ConfigError(f"{flag(name)} must be {what}, got {getattr(cfg, name)!r}")
 
     need(cfg.epochs >= 1, "epochs", ">= 1")
     need(cfg.batch_size >= 1, "batch_size", ">= 1")
@@ -284,16 +343,20 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
     need(cfg.l1 >= 0, "l1", ">= 0")
     need(cfg.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
+    need(cfg.ema == 0 or 0 < cfg.ema < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.999")
     need(cfg.seed >= 0, "seed", ">= 0")
     need(cfg.log_every >= 1, "log_every", ">= 1")
+    need(cfg.checkpoint_minutes >= 0, "checkpoint_minutes", ">= 0 (0 = only at the end of each epoch)")
     need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
     need(cfg.shapes_train >= 10, "shapes_train", ">= 10")
     need(cfg.shapes_test >= 1, "shapes_test", ">= 1")
     need(cfg.train_subset >= 0, "train_subset", ">= 0 (0 = all)")
     need(cfg.crop_padding >= 0, "crop_padding", ">= 0 (0 = off)")
     need(cfg.cutout >= 0, "cutout", ">= 0 (0 = off)")
-    for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p"):
+    for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p", "mix_p"):
         need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")
+    need(cfg.mixup >= 0, "mixup", ">= 0 (0 = off)")
+    need(cfg.cutmix >= 0, "cutmix", ">= 0 (0 = off)")
     need(0 <= cfg.affine_shift <= 0.5, "affine_shift", "in [0, 0.5]")
     need(0 <= cfg.affine_scale < 1, "affine_scale", "in [0, 1)")
     need(0 <= cfg.affine_rotate <= 180, "affine_rotate", "in [0, 180] degrees")
@@ -329,6 +392,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         where = getattr(e, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}); give a UTF-8 YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -359,21 +424,20 @@ def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
     unknown = sorted(k for k in list(yaml_values) + list(flags) if k not in _FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    values: dict[str, Any] = dict(base or {})
-    values = {k: v for k, v in values.items() if k in _FIELDS}
+    values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in _FIELDS}
     recipe = flags.get("recipe", yaml_values.get("recipe", values.get("recipe", "")))
     if recipe:
-        if recipe not in RECIPES:
-            _one_of("recipe", recipe, RECIPES)
+        one_of("recipe", recipe, _FIELDS["recipe"].metadata["choices"])
         # A recipe chosen now (not inherited from a resumed base) is applied over the base.
         if recipe != values.get("recipe"):
             values.update(RECIPES[recipe])
     values.update(yaml_values)
     values.update(flags)
     values["recipe"] = recipe
-    cfg = TrainConfig(**values)
-    return cfg.validate()
+    return TrainConfig(**values).validate()
 
 
-def recipe_names() -> list[str]:
-    return sorted(RECIPES)
+def experiment_settings(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide what a run computes (all but :data:`RUN_CONTROL`)."""
+    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    return {k: v for k, v in d.items() if k not in RUN_CONTROL and k in _FIELDS}

@@ -227,7 +227,12 @@ def _test_split_dir(root: Path) -> Path:
     )
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray:
+def decode_image(path: Path, image_size: int = 0) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB, resized (bilinear) to ``image_size`` squared if > 0.
+
+    Raises:
+        DataError: the file cannot be read as an image (named in the message).
+    """
     from PIL import Image
 
     try:
@@ -248,7 +253,7 @@ def _decode_all(files: Sequence[Path], image_size: int) -> np.ndarray:
         raise DataError("no images found")
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:  # PIL decodes without holding the GIL
-        arrays = list(pool.map(lambda p: _decode(p, image_size), files, chunksize=64))
+        arrays = list(pool.map(lambda p: decode_image(p, image_size), files, chunksize=64))
     first = arrays[0].shape
     for path, arr in zip(files, arrays):
         if arr.shape != first:
@@ -531,13 +536,16 @@ class DeviceLoader:
         rank, world_size: this process's place under torchrun.
         channels_last: return batches in channels_last memory format.
         drop_last: train mode: leave out the epoch's last partial global batch.
+        num_classes: width of the soft targets when ``aug`` mixes batches (default: the
+            largest label + 1).
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                  batch_size: int, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", train: bool = False,
                  aug: A.AugmentConfig | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, drop_last: bool = False):
+                 world_size: int = 1, channels_last: bool = False, drop_last: bool = False,
+                 num_classes: int | None = None):
         self.device = torch.device(device)
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
@@ -554,6 +562,7 @@ class DeviceLoader:
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
         self.drop_last = bool(drop_last and train)
+        self.num_classes = int(num_classes) if num_classes else int(self.labels.max()) + 1 if len(self.labels) else 0
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -617,14 +626,32 @@ class DeviceLoader:
         return perm, params
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate(0)
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch index ``start`` on (0-based): a run resumed in the
+        middle of an epoch gets exactly the batches the interrupted one had left.
+
+        With batch mixing the targets are soft, (B, num_classes) floats (see
+        :func:`~eva8_utils.augment.mix_batch`).
+        """
         perm, params = self.epoch_order()
         perm = perm.to(self.device, non_blocking=True)
         params = {k: v.to(self.device, non_blocking=True) for k, v in params.items()}
-        for start, end in self._plan():
-            idx = perm[start:end]
-            x = self.images.index_select(0, idx)
+        plan = self._plan()
+        mixing = self.aug is not None and self.aug.mixing
+        if mixing:
+            mix = A.sample_mix_params(len(plan), self.aug, self.image_size, epoch_seed(self.seed, self.epoch, salt=11))
+        for i in range(start, len(plan)):
+            s, e = plan[i]
+            idx = perm[s:e]
+            x = self.transform(self.images.index_select(0, idx), A.slice_params(params, slice(s, e)))
             y = self.labels.index_select(0, idx)
-            yield self.transform(x, A.slice_params(params, slice(start, end))), y
+            if mixing:
+                x, y = A.mix_batch(x, y, self.num_classes, {k: v[i] for k, v in mix.items()})
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
 
     def transform(self, x_u8: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 (B,3,H,W) on the device -> normalised (augmented) float batch."""
@@ -653,7 +680,8 @@ def make_loaders(splits: Splits, cfg: Any, device: torch.device, rank: int = 0,
     aug = A.AugmentConfig.from_config(cfg)
     train = DeviceLoader(splits.x_train, splits.y_train, batch_size=cfg.batch_size, mean=splits.mean,
                          std=splits.std, device=device, train=True, aug=aug, seed=cfg.seed, rank=rank,
-                         world_size=world_size, channels_last=channels_last, drop_last=cfg.drop_last)
+                         world_size=world_size, channels_last=channels_last, drop_last=cfg.drop_last,
+                         num_classes=splits.num_classes)
     test = DeviceLoader(splits.x_test, splits.y_test, batch_size=max(cfg.batch_size, 256),
                         mean=splits.mean, std=splits.std, device=device, train=False, rank=rank,
                         world_size=world_size, channels_last=channels_last)

@@ -1,24 +1,28 @@
-"""Training engine: optimizers, LR schedules, train_one_epoch / evaluate / fit.
+"""Training engine: optimizers, LR schedules, precision, train_one_epoch / evaluate / fit.
 
-Everything is passed in and results come back as dicts; nothing here prints (log
-lines go through ``logging``; bars through tqdm when ``progress`` is on).
+The mechanism only: everything is passed in and results come back as dicts. It knows
+no config object and no folder layout; whoever calls :func:`fit` (the CLI, the
+notebook, a benchmark, a user) saves what it wants through :class:`FitHooks`. Nothing
+here prints (log lines go through ``logging``; bars through tqdm when ``progress`` is on).
 
 The hot path avoids host syncs: losses and correct counts accumulate on the device
 and are read only when the bar is updated (every ``log_every`` steps) and at the end
 of the epoch. A non-finite loss is remembered on the device and reported at the next
 read with the exact batch where it first happened.
+
+Randomness: every epoch reseeds torch from ``(seed, epoch, rank)`` and the loaders draw
+their permutation and augmentations from ``(seed, epoch)``, so a run resumed at an
+epoch boundary repeats exactly; an epoch resumed in the middle restores the RNG state
+saved with it (see ``partial`` in :func:`train_one_epoch`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import time
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -27,9 +31,9 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from . import distributed as D
+from .config import CLIP_MODES, TTA_MODES
 from .data import epoch_seed
 from .errors import NonFiniteLossError, TrainingInterrupted
-from .utils import atomic_write_text
 
 logger = logging.getLogger("eva8_utils")
 
@@ -189,13 +193,6 @@ def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, momentu
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def optimizer_from_config(model: nn.Module, cfg: Any, lr: float | None = None) -> torch.optim.Optimizer:
-    """:func:`make_optimizer` with the config's settings (``lr`` overrides ``cfg.lr``)."""
-    lr = float(cfg.lr) if lr is None else float(lr)
-    return make_optimizer(model, cfg.optimizer, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
-                          cfg.bias_lr_scale, cfg.head_lr_scale, cfg.muon_momentum)
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the LR of the first group to ``lr``, keeping the other groups' ratios to it."""
     base = optimizer.param_groups[0]["lr"]
@@ -344,17 +341,6 @@ class Schedule:
             self._set_momentum()
 
 
-def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int) -> Schedule:
-    """A :class:`Schedule` with the config's settings."""
-    return Schedule(optimizer, cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                    pct_start=cfg.pct_start, div_factor=cfg.div_factor,
-                    final_div_factor=cfg.final_div_factor, anneal=cfg.anneal,
-                    cycle_momentum=cfg.cycle_momentum, warmup_epochs=cfg.warmup_epochs,
-                    step_size=cfg.step_size, step_gamma=cfg.step_gamma, exp_gamma=cfg.exp_gamma,
-                    plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
-                    plateau_threshold=cfg.plateau_threshold, min_lr=cfg.min_lr)
-
-
 def schedule_depends_on_length(name: str) -> bool:
     """Whether the schedule's LR at a given step depends on the total number of epochs."""
     return name in ("onecycle", "linear", "cosine")
@@ -409,25 +395,56 @@ class Lookahead:
 
 
 # ---------------------------------------------------------------------------------------
-# Precision
+# Precision: one rule for every face (CLI, notebook, benchmarks)
 # ---------------------------------------------------------------------------------------
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = full fp32).
+_DTYPES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
-    ``auto``: bf16 on CUDA when supported (else fp16), bf16 on CPUs with native bf16,
-    fp32 elsewhere (MPS, older CPUs).
+
+@dataclass(frozen=True)
+class Precision:
+    """The numeric format of training: an autocast dtype (None = fp32), whether fp16 needs a
+    GradScaler, and why it was chosen (for the log)."""
+
+    dtype: torch.dtype | None
+    scaler: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return _DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        what = "fp32" if self.dtype is None else f"{self.name} autocast" + (" + GradScaler" if self.scaler else "")
+        return f"{what} ({self.reason})"
+
+
+def choose_precision(device: torch.device, precision: str = "auto") -> Precision:
+    """The precision rule.
+
+    ``auto``: on CUDA, bf16 on compute capability >= 8.0 (A100, L4, H100: fast bf16
+    tensor cores), fp16 with a GradScaler on 7.x (T4, V100: fp16 tensor cores, no fast
+    bf16; ``torch.cuda.is_bf16_supported()`` says True there because it counts emulation),
+    fp32 below; bf16 on CPUs with native bf16 (AVX512-BF16/AMX), fp32 on other CPUs and
+    on MPS. ``fp16`` always comes with a GradScaler (CUDA and CPU).
     """
+    device = torch.device(device)
     if precision == "fp32":
-        return None
+        return Precision(None, False, "asked for")
     if precision == "bf16":
-        return torch.bfloat16
+        return Precision(torch.bfloat16, False, "asked for")
     if precision == "fp16":
-        return torch.float16
+        return Precision(torch.float16, device.type in ("cuda", "cpu"), "asked for")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        major, minor = torch.cuda.get_device_capability(device)
+        cap = f"compute capability {major}.{minor}"
+        if major >= 8:
+            return Precision(torch.bfloat16, False, f"auto: {cap} has fast bf16")
+        if major == 7:
+            return Precision(torch.float16, True, f"auto: {cap} has fp16 tensor cores but no fast bf16")
+        return Precision(None, False, f"auto: {cap} has no fast half precision")
     if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
+        return Precision(torch.bfloat16, False, "auto: this CPU computes bf16 natively")
+    return Precision(None, False, f"auto: no fast half precision on {device.type}")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -439,11 +456,11 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def make_scaler(device: torch.device, amp_dtype: torch.dtype | None):
-    """A GradScaler for fp16 on CUDA, else None."""
-    if amp_dtype == torch.float16 and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
+def make_scaler(device: torch.device, precision: Precision):
+    """A GradScaler when the precision needs one (fp16), else None."""
+    if not precision.scaler:
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -466,23 +483,103 @@ def l1_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
 
 
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights, updated after every step.
+
+    BatchNorm running statistics are averaged with the weights (``use_buffers=True``), so
+    the averaged model needs no extra pass over the data before it is evaluated.
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Divergence: noticed, said once, with what to do
+# ---------------------------------------------------------------------------------------
+DIVERGENCE_HINT = ("lower --lr, try --optimizer adam, or add --grad-clip; models without norm layers need "
+                   "much smaller LRs than the recipes use")
+
+
+class DivergenceMonitor:
+    """Watches the smoothed training loss at every bar update and warns once per run.
+
+    Two signs: the smoothed loss stays above ``factor`` x its starting value for
+    ``patience`` updates in a row; or after an epoch the training accuracy is still at
+    chance (at most 1.5 x 1/classes) while the loss rose during that epoch.
+    """
+
+    def __init__(self, num_classes: int | None = None, factor: float = 3.0, patience: int = 3, beta: float = 0.7):
+        self.num_classes, self.factor, self.patience, self.beta = num_classes, factor, patience, beta
+        self.start: float | None = None
+        self.smooth: float | None = None
+        self.epoch_first: float | None = None
+        self.above = 0
+        self.warning: str | None = None
+
+    def update(self, loss: float) -> str | None:
+        """Feed the mean loss since the last update; returns the warning the first time."""
+        if not math.isfinite(loss):
+            return None
+        self.smooth = loss if self.smooth is None else self.beta * self.smooth + (1 - self.beta) * loss
+        if self.start is None:
+            self.start = self.smooth
+        if self.epoch_first is None:
+            self.epoch_first = self.smooth
+        self.above = self.above + 1 if self.smooth > self.factor * self.start else 0
+        if self.above >= self.patience:
+            return self._warn(f"training is diverging: the smoothed training loss {self.smooth:.4g} has stayed "
+                              f"above {self.factor:g}x its start ({self.start:.4g}) for {self.above} updates")
+        return None
+
+    def end_epoch(self, epoch: int, train_acc: float) -> str | None:
+        """Call after each epoch with its training accuracy (%)."""
+        first, self.epoch_first = self.epoch_first, None
+        if not self.num_classes or first is None or self.smooth is None:
+            return None
+        chance = 100.0 / self.num_classes
+        if train_acc <= 1.5 * chance and self.smooth > first:
+            return self._warn(f"after epoch {epoch} the training accuracy {train_acc:.2f}% is still at chance "
+                              f"({chance:.1f}%) and the loss is rising ({first:.4g} -> {self.smooth:.4g})")
+        return None
+
+    def _warn(self, text: str) -> str | None:
+        if self.warning is not None:
+            return None
+        self.warning = f"{text}; {DIVERGENCE_HINT}"
+        return self.warning
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("start", "smooth", "epoch_first", "above", "warning")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
 # ---------------------------------------------------------------------------------------
 # One epoch of training
 # ---------------------------------------------------------------------------------------
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, schedule: Schedule | None = None,
                     label_smoothing: float = 0.0, l1: float = 0.0, grad_clip: float = 0.0,
                     grad_clip_mode: str = "norm", amp_dtype: torch.dtype | None = None, scaler=None,
                     epoch: int = 1, progress: bool = True, log_every: int = 10,
                     stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[int], None] | None = None,
-                    lookahead: Lookahead | None = None,
-                    frozen: list[torch.Tensor] | None = None) -> dict[str, Any]:
+                    on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+                    lookahead: Lookahead | None = None, ema=None,
+                    frozen: list[torch.Tensor] | None = None, partial: dict | None = None,
+                    monitor: DivergenceMonitor | None = None) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``.
 
     Args:
         model: the model (possibly DDP/compiled); put in train mode here.
-        loader: yields (x, y) batches on ``device``.
+        loader: yields (x, y) batches on ``device``; ``y`` holds class indices, or soft
+            targets (B, classes) when batches are mixed (MixUp/CutMix).
         optimizer: the optimizer.
         device: the training device.
         schedule: stepped after every batch (``after_batch``).
@@ -495,34 +592,55 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         progress: show a tqdm bar.
         log_every: steps between bar updates / device syncs.
         stop: polled before each batch; True stops the epoch early (interrupt).
-        on_step: called with the 1-based batch index after each step.
+        on_step: called after each step with the 1-based batch index and a function that
+            returns this epoch's progress so far (what ``partial`` takes back).
         lookahead: slow weights updated after each step (needs ``schedule`` for progress).
+        ema: an averaged model (:func:`make_ema`) updated after each step.
         frozen: parameters left unchanged this epoch (their gradient is dropped before the
             step, which works under DDP too).
+        partial: continue an epoch from what ``on_step``'s function returned (the loader
+            must offer ``iterate(start)``, as :class:`~eva8_utils.data.DeviceLoader` does).
+        monitor: a :class:`DivergenceMonitor` fed at every bar update.
 
     Returns:
-        dict with ``train_loss`` (per-sample mean of the data loss), ``train_acc`` (%),
-        ``l1_loss`` (mean penalty per step), ``samples``, ``batches``, ``lrs`` (LR of
-        each step), ``step_losses`` (each step's mean data loss) and ``interrupted``.
+        dict with ``train_loss`` (per-sample mean of the data loss), ``train_acc`` (%; under
+        mixing, the target mass on the predicted class), ``l1_loss`` (mean penalty per
+        step), ``samples``, ``batches``, ``lrs`` (LR of each step), ``step_losses`` (each
+        step's mean data loss), ``interrupted``, ``last_batch`` and ``warning``.
 
     Raises:
         NonFiniteLossError: a NaN/inf loss, naming the epoch and batch.
     """
     model.train()
     n_batches = len(loader)
+    acc = _acc_dtype(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    correct = torch.zeros((), device=device, dtype=acc)
     l1_sum = torch.zeros((), device=device, dtype=torch.float32)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
     step_losses: list[torch.Tensor] = []
     lrs: list[float] = []
-    seen = 0
+    seen, start = 0, 0
+    if partial:
+        start, seen = int(partial["batch"]), int(partial["seen"])
+        loss_sum = partial["loss_sum"].to(device=device, dtype=torch.float32).clone()
+        correct = partial["correct"].to(device=device, dtype=acc).clone()
+        l1_sum = partial["l1_sum"].to(device=device, dtype=torch.float32).clone()
+        lrs = [float(v) for v in partial["lrs"]]
+        step_losses = [torch.tensor(float(v), device=device) for v in partial["step_losses"]]
     l1_params = l1_parameters(model) if l1 > 0 else []
     clip_params = [p for p in model.parameters() if p.requires_grad] if grad_clip > 0 else []
-    bar = _tqdm()(total=n_batches, disable=not progress, leave=True, dynamic_ncols=True)
-    interrupted, batch = False, 0
+    bar = _tqdm()(total=n_batches, initial=start, disable=not progress, leave=True, dynamic_ncols=True)
+    interrupted, batch, warning, window = False, start, None, len(step_losses)
+    batches = loader.iterate(start) if start else iter(loader)
+
+    def snapshot() -> dict:
+        return {"batch": batch, "seen": seen, "loss_sum": loss_sum.detach().cpu(),
+                "correct": correct.detach().cpu(), "l1_sum": l1_sum.detach().cpu(), "lrs": list(lrs),
+                "step_losses": [float(v) for v in step_losses]}
+
     try:
-        for batch, (x, y) in enumerate(loader, 1):
+        for batch, (x, y) in enumerate(batches, start + 1):
             if stop is not None and stop():
                 interrupted, batch = True, batch - 1
                 break
@@ -558,36 +676,56 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 schedule.after_batch()
                 if lookahead is not None:
                     lookahead.step(unwrap(model), schedule.steps, schedule.steps / schedule.total_steps)
+            if ema is not None:
+                ema.update_parameters(unwrap(model))
             with torch.no_grad():
                 bs = y.shape[0]
                 seen += bs
                 ld = loss.detach().float()
                 step_losses.append(ld)
                 loss_sum += ld * bs
-                correct += (out.argmax(1) == y).sum()
+                pred = out.detach().argmax(1)
+                if y.dim() == 2:  # soft targets: the mass of the predicted class (lam or 1-lam when mixed)
+                    correct += y.gather(1, pred[:, None]).sum().to(acc)
+                else:
+                    correct += (pred == y).sum().to(acc)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()),
                                         torch.full_like(first_bad, batch), first_bad)
-            if on_step is not None:
-                on_step(batch)
             if batch % log_every == 0 or batch == n_batches:
                 bad = int(first_bad)  # the one host sync per log_every steps
                 if bad >= 0:
-                    raise NonFiniteLossError(epoch, bad, lrs[bad - 1])
+                    raise NonFiniteLossError(epoch, bad, lrs[bad - 1 - start] if bad > start else None)
+                if monitor is not None and len(step_losses) > window:
+                    said = monitor.update(float(torch.stack(step_losses[window:]).mean()))
+                    window = len(step_losses)
+                    if said:
+                        warning = said
+                        logger.warning("warning: %s", said)
                 if progress:
+                    flag = " DIVERGING?" if monitor is not None and monitor.warning else ""
                     bar.set_description(
                         f"Loss={ld.item():.4f} Batch_id={batch} LR={lrs[-1]:.5f} "
-                        f"Accuracy={100.0 * int(correct) / seen:.2f}", refresh=False)
+                        f"Accuracy={100.0 * float(correct) / max(seen, 1):.2f}{flag}", refresh=False)
                     bar.update(batch - bar.n)
+            if on_step is not None:
+                on_step(batch, snapshot)
     finally:
         bar.close()
     if seen and int(first_bad) >= 0:
-        raise NonFiniteLossError(epoch, int(first_bad), lrs[int(first_bad) - 1])
-    stats = D.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
-                                          torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+        bad = int(first_bad)
+        raise NonFiniteLossError(epoch, bad, lrs[bad - 1 - start] if bad > start else None)
+    stats = D.all_reduce_sum(torch.stack([loss_sum.double().to(acc), correct.to(acc),
+                                          torch.tensor(float(seen), device=device, dtype=acc)]))
     total_seen = max(float(stats[2]), 1.0)
+    train_acc = 100.0 * float(stats[1]) / total_seen
+    if monitor is not None and not interrupted:
+        said = monitor.end_epoch(epoch, train_acc)
+        if said:
+            warning = said
+            logger.warning("warning: %s", said)
     return {
         "train_loss": float(stats[0]) / total_seen,
-        "train_acc": 100.0 * float(stats[1]) / total_seen,
+        "train_acc": train_acc,
         "l1_loss": float(l1_sum) / max(len(lrs), 1),
         "samples": int(stats[2]),
         "batches": len(lrs),
@@ -595,6 +733,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         "step_losses": torch.stack(step_losses).tolist() if step_losses else [],
         "interrupted": interrupted,
         "last_batch": batch,
+        "warning": warning,
     }
 
 
@@ -608,6 +747,8 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
     flip-averaged logits of the image shifted by one pixel up-left and down-right
     (reflect padding), as in the CIFAR-10 speed records.
     """
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose one of: {', '.join(TTA_MODES)}")
     out = model(x)
     if mode == "none":
         return out
@@ -634,16 +775,16 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch
     """
     was_training = model.training
     model.eval()
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-    loss_sum = torch.zeros((), device=device, dtype=acc_dtype)
-    correct = torch.zeros((), device=device, dtype=acc_dtype)
-    total = torch.zeros((), device=device, dtype=acc_dtype)
+    acc = _acc_dtype(device)
+    loss_sum = torch.zeros((), device=device, dtype=acc)
+    correct = torch.zeros((), device=device, dtype=acc)
+    total = torch.zeros((), device=device, dtype=acc)
     try:
         for x, y in loader:
             with _autocast(device, amp_dtype):
                 out = tta_logits(model, x, tta)
-            loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(acc_dtype)
-            correct += (out.argmax(1) == y).sum().to(acc_dtype)
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(acc)
+            correct += (out.argmax(1) == y).sum().to(acc)
             total += y.shape[0]
     finally:
         model.train(was_training)
@@ -677,7 +818,7 @@ def test_line(result: dict[str, Any], label: str = "Test set") -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# History files
+# fit
 # ---------------------------------------------------------------------------------------
 def new_history() -> dict[str, list]:
     """Empty history: per-epoch columns plus per-step ``steps`` (step, epoch, lr, loss)."""
@@ -686,103 +827,115 @@ def new_history() -> dict[str, list]:
     return h
 
 
-def history_csv(history: dict[str, list]) -> str:
-    cols = [c for c in history if c != "steps" and not c.startswith("_")]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for i in range(len(history["epoch"])):
-        w.writerow([_fmt(history[c][i]) for c in cols])
-    return buf.getvalue()
+class FitHooks:
+    """What :func:`fit` tells its caller; every method is optional (override what you need).
+
+    The run folder's hooks (``eva8_utils.rundir``) save checkpoints and files here; a
+    notebook or a script can subclass this to log elsewhere.
+    """
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the first batch of ``epoch``."""
+
+    def on_step(self, epoch: int, batch: int, partial: Callable[[], dict]) -> None:
+        """After every optimizer step; ``partial()`` returns the unfinished epoch's state."""
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any], history: dict[str, list]) -> None:
+        """After the evaluation of ``epoch``; ``row`` holds its train and test metrics."""
+
+    def on_warning(self, text: str) -> None:
+        """A warning worth keeping (e.g. divergence), said once."""
 
 
-def steps_csv(history: dict[str, list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "epoch", "lr", "loss"])
-    for row in history["steps"]:
-        w.writerow([row[0], row[1], _fmt(row[2]), _fmt(row[3])])
-    return buf.getvalue()
-
-
-def _fmt(v: Any) -> Any:
-    return repr(float(v)) if isinstance(v, float) else v
-
-
-def read_history_csv(path: str | Path) -> dict[str, list]:
-    """history.csv -> dict of column lists (numbers parsed)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    out: dict[str, list] = {k: [] for k in (rows[0].keys() if rows else HISTORY_COLUMNS)}
-    for r in rows:
-        for k, v in r.items():
-            out[k].append(int(v) if k == "epoch" else float(v))
-    return out
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-# ---------------------------------------------------------------------------------------
-# fit
-# ---------------------------------------------------------------------------------------
 def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Optimizer,
-        schedule: Schedule | None, cfg: Any, *, device: torch.device, run_dir: str | Path | None = None,
-        scaler=None, start_epoch: int = 0, history: dict[str, list] | None = None,
-        stop: Callable[[], bool] | None = None, checkpoint_meta: dict | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None,
-        lookahead: Lookahead | None = None) -> dict[str, Any]:
-    """Train for ``cfg.epochs`` epochs (from ``start_epoch``), evaluating after each.
+        schedule: Schedule | None = None, *, epochs: int, device: torch.device | None = None,
+        amp_dtype: torch.dtype | None = None, scaler=None, label_smoothing: float = 0.0, l1: float = 0.0,
+        grad_clip: float = 0.0, grad_clip_mode: str = "norm", lookahead: Lookahead | None = None,
+        ema=None, tta: str = "none", seed: int = 0, start_epoch: int = 0, partial: dict | None = None,
+        history: dict[str, list] | None = None, hooks: FitHooks | None = None,
+        stop: Callable[[], bool] | None = None, progress: bool = True, log_every: int = 10,
+        num_classes: int | None = None, monitor: DivergenceMonitor | None = None) -> dict[str, Any]:
+    """Train for ``epochs`` epochs (continuing after ``start_epoch``), evaluating after each.
 
-    Per epoch it logs ``EPOCH: k/n``, shows the bar, logs the ``Test set: ...`` line,
-    appends to the history and, with ``run_dir``, writes ``history.csv``,
-    ``steps.csv``, ``metrics.json`` and ``checkpoints/last.pt`` (+ ``best.pt`` on a new
-    best test accuracy), all atomically. After the last epoch the TTA accuracy (if
-    ``cfg.tta``) is measured and reported next to the plain one.
+    Per epoch it logs ``EPOCH: k/n``, shows the bar, logs the ``Train set: ...`` and
+    ``Test set: ...`` lines, appends to the history and calls the hooks. After the first
+    steps of the run it logs an estimate of the epoch's and the run's time. After the
+    last epoch the TTA accuracy (``tta``) is measured and reported next to the plain one.
 
-    Settings read from ``cfg``: epochs, seed, label_smoothing, l1, grad_clip,
-    grad_clip_mode, precision, log_every, progress, tta, lookahead (a
-    :class:`Lookahead` is made when ``cfg.lookahead`` is on and none is passed in; pass
-    the resumed one when continuing a run).
+    Args:
+        model: the model to train (possibly DDP/compiled); evaluated unwrapped.
+        train_loader, test_loader: batches on ``device`` (see ``eva8_utils.data.DeviceLoader``).
+        optimizer, schedule: as made by ``make_optimizer`` / :class:`Schedule`.
+        epochs: the total number of epochs of the run.
+        device: the training device (default: where the model's parameters are).
+        amp_dtype, scaler: autocast dtype (None = fp32) and GradScaler (fp16).
+        label_smoothing, l1, grad_clip, grad_clip_mode: see :func:`train_one_epoch`.
+        lookahead: slow weights (:class:`Lookahead`), synced after every epoch.
+        ema: averaged weights (:func:`make_ema`), evaluated after every epoch.
+        tta: test-time augmentation of the final evaluation: none | flip | flip_translate.
+        seed: reseeds torch at every epoch from (seed, epoch, rank).
+        start_epoch: epochs already done; ``partial`` continues epoch ``start_epoch + 1``
+            from the middle (with the torch RNG state saved in ``partial["rng"]``).
+        history: the history so far (resumed runs).
+        hooks: :class:`FitHooks` to call.
+        stop: polled before each batch; True stops at the batch boundary.
+        progress, log_every: the tqdm bar and how often it (and the host) syncs.
+        num_classes: enables the "still at chance" divergence check.
+        monitor: a resumed :class:`DivergenceMonitor` (one is made otherwise).
 
     Returns:
         dict with ``history``, ``final`` (last plain evaluation), ``tta`` (or None),
-        ``epoch_times`` and ``train_time_s`` of this call.
+        ``ema_final`` / ``ema_tta`` (with ``ema``), ``epoch_times``, ``train_time_s`` of
+        this call and ``warnings``.
 
     Raises:
         NonFiniteLossError: a NaN/inf loss (nothing of that epoch is saved).
-        TrainingInterrupted: ``stop()`` turned true; the last completed epoch is saved.
+        TrainingInterrupted: ``stop()`` turned true; the last completed epoch is kept.
     """
-    from .checkpoint import save_training_state
-
+    if grad_clip_mode not in CLIP_MODES:
+        raise ValueError(f"unknown grad_clip_mode {grad_clip_mode!r}; choose one of: {', '.join(CLIP_MODES)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    hooks = hooks or FitHooks()
     history = history if history is not None else new_history()
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    rank0 = D.is_main()
-    run_dir = Path(run_dir) if run_dir is not None and rank0 else None
     eval_model = unwrap(model)
-    if lookahead is None and getattr(cfg, "lookahead", False):
-        lookahead = Lookahead(eval_model, start_step=LOOKAHEAD_START_EPOCHS * len(train_loader))
-    best = max(history["test_acc"], default=-1.0)
+    monitor = monitor or DivergenceMonitor(num_classes)
     epoch_times: list[float] = list(history.get("_epoch_times", []))
-    final = None
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        # Dropout and any other global randomness: a pure function of (seed, epoch, rank).
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, salt=1 + D.rank()))
-        train_loader.set_epoch(epoch)
+    warnings_said: list[str] = [monitor.warning] if monitor.warning else []
+    final, ema_final = None, None
+    for epoch in range(start_epoch + 1, epochs + 1):
+        part = partial if epoch == start_epoch + 1 else None
+        if part and part.get("rng") is not None:
+            set_rng_state(part["rng"])
+        else:  # dropout and other global randomness: a pure function of (seed, epoch, rank)
+            torch.manual_seed(epoch_seed(seed, epoch, salt=1 + D.rank()))
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
         frozen = eval_model.frozen_parameters(epoch) if hasattr(eval_model, "frozen_parameters") else []
-        logger.info("EPOCH: %d/%d", epoch, cfg.epochs)
+        logger.info("EPOCH: %d/%d", epoch, epochs)
+        hooks.on_epoch_start(epoch)
         t0 = time.perf_counter()
+        before = part.get("elapsed_s", 0.0) if part else 0.0
+        eta = _EtaLogger(device, t0, len(train_loader), epochs - epoch + 1, part) if epoch == start_epoch + 1 else None
+
+        def on_step(batch: int, snapshot: Callable[[], dict], epoch=epoch, eta=eta, t0=t0, before=before) -> None:
+            if eta is not None:
+                eta(batch)
+            hooks.on_step(epoch, batch, lambda: {**snapshot(), "rng": get_rng_state(),
+                                                 "elapsed_s": time.perf_counter() - t0 + before})
+
         tr = train_one_epoch(model, train_loader, optimizer, device=device, schedule=schedule,
-                             label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
-                             grad_clip_mode=cfg.grad_clip_mode, amp_dtype=amp_dtype, scaler=scaler,
-                             epoch=epoch, progress=cfg.progress and rank0, log_every=cfg.log_every,
-                             stop=stop, lookahead=lookahead, frozen=frozen)
+                             label_smoothing=label_smoothing, l1=l1, grad_clip=grad_clip,
+                             grad_clip_mode=grad_clip_mode, amp_dtype=amp_dtype, scaler=scaler, epoch=epoch,
+                             progress=progress and D.is_main(), log_every=log_every, stop=stop, on_step=on_step,
+                             lookahead=lookahead, ema=ema, frozen=frozen, partial=part, monitor=monitor)
+        if tr["warning"]:
+            warnings_said.append(tr["warning"])
+            hooks.on_warning(tr["warning"])
         if lookahead is not None:
             lookahead.sync(eval_model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 + before
         if tr["interrupted"]:
             raise TrainingInterrupted(epoch, tr["last_batch"], epoch - 1)
         te = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype)
@@ -791,74 +944,87 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
         logger.info("Train set: Average loss: %.4f, Accuracy: %.2f%%, last LR %.4g, %.1f s",
                     tr["train_loss"], tr["train_acc"], tr["lrs"][-1] if tr["lrs"] else float("nan"), dt)
         logger.info(test_line(te))
-        _append(history, epoch, tr, te, cfg.l1 > 0)
+        row = {**tr, **te}
+        if ema is not None:
+            ema_final = evaluate(ema.module, test_loader, device=device, amp_dtype=amp_dtype)
+            logger.info(test_line(ema_final, "Test set (EMA weights)"))
+            row.update(ema_test_loss=ema_final["test_loss"], ema_test_acc=ema_final["test_acc"])
+        _append(history, epoch, row, l1 > 0)
         epoch_times.append(dt)
         history["_epoch_times"] = list(epoch_times)
         final = te
-        is_best = te["test_acc"] > best
-        best = max(best, te["test_acc"])
-        if run_dir is not None:
-            save_training_state(run_dir, model=eval_model, optimizer=optimizer, schedule=schedule,
-                                scaler=scaler, epoch=epoch, history=history, config=cfg.to_dict(),
-                                meta=checkpoint_meta or {}, is_best=is_best, lookahead=lookahead)
-            write_run_files(run_dir, history, cfg, status="running", device=device)
+        hooks.on_epoch_end(epoch, row, history)
         D.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {**tr, **te})
-    if final is None:  # nothing left to train (resumed a finished run)
+    if final is None:  # nothing left to train (a finished run)
         final = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype)
         logger.info(test_line(final))
-    tta = None
-    if cfg.tta != "none":
-        tta = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype, tta=cfg.tta)
-        logger.info(test_line(tta, f"Test set with TTA ({cfg.tta})"))
-    if run_dir is not None:  # training is over: a notebook run's folder must not say "running"
-        write_run_files(run_dir, history, cfg, status="done", device=device, extra=tta_metrics(tta, cfg.tta))
-    return {"history": history, "final": final, "tta": tta, "epoch_times": epoch_times,
-            "train_time_s": float(sum(epoch_times))}
+        if ema is not None:
+            ema_final = evaluate(ema.module, test_loader, device=device, amp_dtype=amp_dtype)
+    tta_result, ema_tta = None, None
+    if tta != "none":
+        tta_result = evaluate(eval_model, test_loader, device=device, amp_dtype=amp_dtype, tta=tta)
+        logger.info(test_line(tta_result, f"Test set with TTA ({tta})"))
+        if ema is not None:
+            ema_tta = evaluate(ema.module, test_loader, device=device, amp_dtype=amp_dtype, tta=tta)
+            logger.info(test_line(ema_tta, f"Test set with TTA ({tta}, EMA weights)"))
+    return {"history": history, "final": final, "tta": tta_result, "ema_final": ema_final, "ema_tta": ema_tta,
+            "epoch_times": epoch_times, "train_time_s": float(sum(epoch_times)), "warnings": warnings_said}
 
 
-def _append(history: dict[str, list], epoch: int, tr: dict, te: dict, with_l1: bool) -> None:
+class _EtaLogger:
+    """After the first few steps of a run: one log line with the epoch's and the run's estimated time."""
+
+    def __init__(self, device: torch.device, t0: float, n_batches: int, epochs_left: int, partial: dict | None):
+        self.device, self.t0, self.n, self.epochs_left = device, t0, n_batches, epochs_left
+        self.first = int(partial["batch"]) if partial else 0
+        self.at = self.first + max(1, min(10, (n_batches - self.first) // 4))
+        self.done = n_batches - self.first < 4  # too short to estimate
+
+    def __call__(self, batch: int) -> None:
+        if self.done or batch < self.at:
+            return
+        self.done = True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        per_step = (time.perf_counter() - self.t0) / (batch - self.first)
+        epoch_s = per_step * self.n
+        rest = per_step * (self.n - batch) + epoch_s * (self.epochs_left - 1)
+        logger.info("estimate after %d steps: %.2f s/step, about %s per epoch, %s to finish training "
+                    "(evaluation not included)", batch - self.first, per_step, _duration(epoch_s), _duration(rest))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def get_rng_state() -> dict:
+    """The torch RNG states (CPU, and every CUDA device in use), for a mid-epoch checkpoint."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _append(history: dict[str, list], epoch: int, row: dict, with_l1: bool) -> None:
     history["epoch"].append(epoch)
-    history["train_loss"].append(tr["train_loss"])
-    history["train_acc"].append(tr["train_acc"])
-    history["test_loss"].append(te["test_loss"])
-    history["test_acc"].append(te["test_acc"])
-    history["lr"].append(tr["lrs"][-1] if tr["lrs"] else float("nan"))
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        history[key].append(row[key])
+    history["lr"].append(row["lrs"][-1] if row["lrs"] else float("nan"))
     if with_l1:
-        history.setdefault("l1_loss", []).append(tr["l1_loss"])
+        history.setdefault("l1_loss", []).append(row["l1_loss"])
+    for key in ("ema_test_loss", "ema_test_acc"):
+        if key in row:
+            history.setdefault(key, []).append(row[key])
     first = len(history["steps"]) + 1
     history["steps"].extend([i, epoch, lr, loss] for i, (lr, loss) in
-                            enumerate(zip(tr["lrs"], tr["step_losses"]), first))
-
-
-def tta_metrics(tta: dict[str, Any] | None, mode: str) -> dict[str, Any]:
-    """The metrics.json entries of a TTA evaluation (none without one)."""
-    if tta is None:
-        return {}
-    return {"test_acc_tta": tta["test_acc"], "test_loss_tta": tta["test_loss"], "tta": mode}
-
-
-def write_run_files(run_dir: str | Path, history: dict[str, list], cfg: Any, *, status: str,
-                    device: torch.device | None = None, extra: dict | None = None) -> dict:
-    """Write history.csv, steps.csv and metrics.json (atomically); return the metrics."""
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "history.csv", history_csv(history))
-    atomic_write_text(run_dir / "steps.csv", steps_csv(history))
-    times = history.get("_epoch_times", [])
-    metrics: dict[str, Any] = {"status": status, "model": cfg.model, "dataset": cfg.dataset,
-                               "epochs": len(history["epoch"]), "epochs_planned": cfg.epochs}
-    if history["epoch"]:
-        i_best = max(range(len(history["test_acc"])), key=lambda i: history["test_acc"][i])
-        metrics.update(test_acc=history["test_acc"][-1], test_loss=history["test_loss"][-1],
-                       train_acc=history["train_acc"][-1], train_loss=history["train_loss"][-1],
-                       best_test_acc=history["test_acc"][i_best], best_epoch=history["epoch"][i_best])
-    if times:
-        metrics.update(train_time_s=round(float(sum(times)), 3), epoch_time_s=round(float(sum(times) / len(times)), 3))
-    if device is not None:
-        from .utils import device_description
-
-        metrics["device"] = device_description(device)
-    metrics.update(extra or {})
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+                            enumerate(zip(row["lrs"], row["step_losses"]), first))

@@ -22,22 +22,53 @@ from .engine import _autocast, set_lr
 class LRFinderResult:
     lrs: list[float]
     losses: list[float]          # bias-corrected exponential moving average of the loss
-    suggestion: float
+    suggestion: float | None     # None when the sweep shows no descent
     raw_losses: list[float]
+    note: str = ""               # why there is no suggestion, or a warning about it
 
     def __iter__(self):  # allows: lrs, losses, suggestion = lr_range_test(...)
         return iter((self.lrs, self.losses, self.suggestion))
 
+    def describe(self) -> str:
+        swept = f"swept {self.lrs[0]:.2g}..{self.lrs[-1]:.2g} over {len(self.lrs)} steps"
+        if self.suggestion is None:
+            return f"no suggestion ({self.note}; {swept})"
+        return f"suggested LR {self.suggestion:.4g} (steepest descent of the smoothed loss; {swept})" + (
+            f"; warning: {self.note}" if self.note else "")
 
-def suggest_lr(lrs: list[float], losses: list[float]) -> float:
-    """The LR where the smoothed loss falls fastest (per log-LR), before its minimum."""
-    lrs_a, losses_a = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    stop = int(np.argmin(losses_a)) + 1
-    if stop < 3:
-        return float(lrs_a[max(stop - 1, 0)])
-    grads = np.gradient(losses_a[:stop], np.log(lrs_a[:stop]))
-    skip = min(len(grads) - 1, max(1, len(grads) // 10))  # the first points are noisy
-    return float(lrs_a[skip + int(np.argmin(grads[skip:]))])
+
+MIN_DROP = 0.02  # the smoothed loss must fall at least 2% below its start to count as a descent
+
+
+def suggest_lr(lrs: list[float], losses: list[float], min_drop: float = MIN_DROP) -> tuple[float | None, str]:
+    """The LR where the smoothed loss falls fastest per log-LR, within the descent before
+    its minimum (the "steepest descent" rule).
+
+    Returns:
+        ``(suggestion, note)``: the suggestion is None when the curve shows no descent
+        (the minimum sits in the first points, or the loss never falls ``min_drop`` below
+        its start); the note says why, or warns when the suggestion is at an edge.
+    """
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    if len(lr) < 5:
+        return None, f"only {len(lr)} points before the loss diverged"
+    i_min = int(np.argmin(loss))
+    start = float(np.median(loss[: max(3, len(loss) // 20)]))
+    if i_min < 3:
+        return None, f"the loss was lowest at the start of the sweep (LR {lr[i_min]:.2g}) and only rose after it"
+    if loss[i_min] > start * (1 - min_drop):
+        return None, (f"the smoothed loss never fell {min_drop:.0%} below its start ({start:.4g} -> lowest "
+                      f"{loss[i_min]:.4g})")
+    grads = np.gradient(loss[: i_min + 1], np.log(lr[: i_min + 1]))
+    skip = max(1, (i_min + 1) // 10)  # the first points of an EMA are noisy
+    i = skip + int(np.argmin(grads[skip:]))
+    note = ""
+    if i in (0, len(lr) - 1):
+        note = f"the suggestion is at the {'start' if i == 0 else 'end'} of the sweep; widen the swept range"
+    elif i >= i_min:
+        note = "the steepest descent is at the minimum itself; the suggestion may be too high"
+    return float(lr[i]), note
 
 
 def lr_range_test(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, device: torch.device,
@@ -50,7 +81,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
     Other param groups keep their LR ratio to the first (see ``bias_lr_scale``).
 
     Returns:
-        :class:`LRFinderResult` (lrs, smoothed losses, suggested LR inside the swept range).
+        :class:`LRFinderResult` (lrs, smoothed losses, the suggested LR or None, a note).
     """
     model_state = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(optimizer.state_dict())
@@ -98,5 +129,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
         model.train(was_training)
         optimizer.zero_grad(set_to_none=True)
     if not lrs:
-        raise RuntimeError("the LR range test diverged at its first step; lower start_lr")
-    return LRFinderResult(lrs, smoothed, suggest_lr(lrs, smoothed), raw)
+        return LRFinderResult([start_lr], [float("nan")], None, [float("nan")],
+                              "the loss was not finite at the first step; lower start_lr")
+    suggestion, note = suggest_lr(lrs, smoothed)
+    return LRFinderResult(lrs, smoothed, suggestion, raw, note)

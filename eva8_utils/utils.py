@@ -48,11 +48,13 @@ def get_device(name: str = "auto") -> torch.device:
 
 
 def device_description(device: torch.device) -> str:
-    """Human-readable device name, e.g. 'cuda (NVIDIA H200)' or 'cpu (2 threads)'."""
+    """Human-readable device name, e.g. 'cuda (Tesla T4, compute capability 7.5)' or 'cpu (2 threads)'."""
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''})"
     return device.type
 
 

@@ -262,3 +262,30 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: fl
         ax.legend()
     ax.grid(alpha=0.3, which="both")
     return fig
+
+
+def image_figure(path) -> Figure:
+    """A saved picture (PNG) as a Figure at its own size, e.g. to show a finished run's images again."""
+    from matplotlib.image import imread
+
+    img = imread(str(path))
+    dpi = 110
+    fig = Figure(figsize=(img.shape[1] / dpi, img.shape[0] / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(img)
+    ax.axis("off")
+    return fig
+
+
+def plot_cam_overlay(image: np.ndarray, cam: np.ndarray, title: str = "", alpha: float = 0.5) -> Figure:
+    """An image (H, W, 3 in [0, 1]) beside its CAM overlay (H, W in [0, 1])."""
+    fig = Figure(figsize=(4.2, 2.4), layout="constrained")
+    axs = fig.subplots(1, 2)
+    axs[0].imshow(image, interpolation="nearest")
+    axs[1].imshow(image, interpolation="nearest")
+    axs[1].imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+    for ax in axs:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

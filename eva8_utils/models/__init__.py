@@ -1,6 +1,6 @@
 """Model registry: name -> constructor taking ``num_classes`` (and optional settings).
 
-Register your own::
+Register your own (then ``--import mymodels --model mynet``)::
 
     from eva8_utils.models import register_model
 
@@ -8,9 +8,12 @@ Register your own::
     def mynet(num_classes=10):
         return MyNet(num_classes)
 
-Constructors may accept any of ``norm``, ``groups``, ``dropout``, ``width`` and
-``image_size``; :func:`model_from_config` passes those a constructor accepts and
-refuses a non-default setting the model cannot honour.
+or name any callable directly: ``--model mymodels:MyNet``. Constructors may accept any
+of ``norm``, ``groups``, ``dropout``, ``width``, ``whiten_bias_epochs`` and
+``image_size``; :func:`model_options` passes those a constructor accepts and refuses a
+non-default setting the model cannot honour. Checkpoints store the name (or
+reference), the options and the modules to import, and :func:`build_from_reference`
+rebuilds the model from them.
 """
 
 from __future__ import annotations
@@ -64,10 +67,53 @@ register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 _OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0, "whiten_bias_epochs": 0}
 
 
+def import_modules(names: list[str] | tuple[str, ...], what: str = "--import") -> None:
+    """Import modules by name (they may register models). The current folder is searched
+    too, as ``python -m`` does, so ``eva8 --import mymodels`` finds ./mymodels.py.
+
+    Raises:
+        ConfigError: a module cannot be imported (one line naming it and why).
+    """
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # ImportError, or an error raised while the module runs
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+            raise ConfigError(f"{what} {name}: cannot import it ({reason}); put the module on PYTHONPATH or in "
+                              f"the current folder") from None
+
+
 def get_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ConfigError(f"--model {name!r} is not a known model; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    """The :class:`ModelSpec` of a registered name or of a ``package.module:callable`` reference.
+
+    Raises:
+        ConfigError: unknown name, a module that cannot be imported, or no such callable.
+    """
+    if name in MODELS:
+        return MODELS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        import_modules([module], what=f"--model {name}:")
+        import importlib
+
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                raise ConfigError(f"--model {name}: module {module} has no attribute {attr!r}; give "
+                                  f"package.module:callable")
+        if not callable(obj):
+            raise ConfigError(f"--model {name}: {attr} is not callable; give a function or class that takes "
+                              f"num_classes and returns an nn.Module")
+        return ModelSpec(name, obj, getattr(obj, "cam_layer", None), getattr(obj, "cam_reshape", None))
+    raise ConfigError(f"--model {name!r} is not valid; choose one of: {', '.join(sorted(MODELS))} (or give "
+                      f"package.module:callable, or --import the module that registers it)")
 
 
 def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
@@ -76,11 +122,18 @@ def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     for key in options:
         if not spec.accepts(key):
             raise ConfigError(f"model {name} does not take the setting {key!r}")
-    return spec.build(num_classes=num_classes, **options)
+    return _build(spec, num_classes, options)
 
 
-def model_from_config(cfg: Any, num_classes: int, image_size: int = 32) -> nn.Module:
-    """Build ``cfg.model`` with the config's norm/groups/dropout/width and the data's size.
+def _build(spec: ModelSpec, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    model = spec.build(num_classes=num_classes, **options)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec.name} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def model_options(cfg: Any, image_size: int = 32) -> dict[str, Any]:
+    """The constructor settings of ``cfg.model`` from the config (norm/groups/dropout/width/...).
 
     Raises:
         ConfigError: a non-default setting the chosen model does not support.
@@ -93,11 +146,19 @@ def model_from_config(cfg: Any, num_classes: int, image_size: int = 32) -> nn.Mo
             options[key] = value
         elif value != neutral and not (key == "groups" and cfg.norm != "group"):
             users = sorted(n for n, s in MODELS.items() if s.accepts(key))
-            raise ConfigError(f"--{key} {value} is not supported by {cfg.model}; models that take it: "
-                              f"{', '.join(users)}")
+            raise ConfigError(f"--{key.replace('_', '-')} {value} is not supported by {cfg.model}; models that "
+                              f"take it: {', '.join(users)}")
     if spec.accepts("image_size"):
         options["image_size"] = image_size
-    return spec.build(num_classes=num_classes, **options)
+    return options
+
+
+def build_from_reference(ref: dict[str, Any], num_classes: int) -> nn.Module:
+    """Rebuild a model from the reference a checkpoint stores (``model``, ``options``,
+    ``imports``): the modules are imported by name, never unpickled."""
+    import_modules(ref.get("imports") or [], what="checkpoint: --import")
+    spec = get_spec(ref["model"])
+    return _build(spec, num_classes, dict(ref.get("options") or {}))
 
 
 def prepare_model(model: nn.Module, train_loader: Any, device: Any, channels_last: bool = True,
@@ -128,7 +189,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "register_model", "get_spec", "create_model", "model_from_config",
+    "MODELS", "ModelSpec", "register_model", "get_spec", "create_model", "model_options",
+    "build_from_reference", "import_modules",
     "prepare_model", "count_parameters", "ResNet", "CustomResNet", "FastNet", "ViT", "resnet18", "resnet34",
     "custom_resnet", "fastnet", "vit_tiny",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..config import NORMS, one_of
 from ..errors import ConfigError
 
 
@@ -25,4 +26,5 @@ def make_norm(kind: str, channels: int, groups: int = 8) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
-    raise ConfigError(f"--norm {kind!r} is not valid; choose one of: batch, group, layer")
+    one_of("norm", kind, NORMS)
+    raise AssertionError(kind)  # one_of raised: NORMS holds exactly the kinds above

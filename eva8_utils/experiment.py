@@ -1,0 +1,488 @@
+"""The assembly: a :class:`~eva8_utils.config.TrainConfig` in, everything a run needs out.
+
+The CLI, the notebook and the benchmarks all build runs here; nothing else turns a
+config into data loaders, a model, an optimizer or a schedule. The stages can be
+called one by one (the notebook shows each one in its own cell) or at once::
+
+    exp = Experiment(cfg)          # names checked, device, precision
+    exp.load_data()                # splits and device loaders
+    exp.build_model()              # seeded, built, data-initialised, moved
+    exp.find_lr()                  # the LR range test, when asked (--lr-find / --lr auto)
+    exp.build_optimizer()          # optimizer, schedule, scaler, lookahead, EMA
+
+    exp = build(cfg)               # the same, in one call
+    result = train(exp, run)       # fit, saving into a RunDir (or run=None: nothing saved)
+
+:func:`run_experiment` is the whole CLI job: build, train, analyse, report.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from . import distributed as D
+from .config import TrainConfig, field_meta, field_names, one_of
+from .data import DATASETS, DeviceLoader, Splits, load_dataset, make_loaders
+from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceMonitor, Lookahead, Schedule,
+                     choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
+from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
+from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
+from .utils import device_description, get_device, model_summary, seed_everything
+
+logger = logging.getLogger("eva8_utils")
+
+
+# ---------------------------------------------------------------------------------------
+# Names that live in registries
+# ---------------------------------------------------------------------------------------
+def _cam_methods() -> list[str]:
+    from .cam import CAM_METHODS
+
+    return sorted(CAM_METHODS)
+
+
+REGISTRIES: dict[str, Callable[[], list[str]]] = {
+    "models": lambda: sorted(MODELS),
+    "datasets": lambda: sorted(DATASETS),
+    "optimizers": lambda: list(OPTIMIZERS),
+    "schedulers": lambda: list(SCHEDULERS),
+    "cam_methods": _cam_methods,
+}
+
+
+def choices(name: str) -> list[str]:
+    """The valid values of a config field: its own list or its registry's (empty if free)."""
+    meta = field_meta(name)
+    if "choices" in meta:
+        return [c for c in meta["choices"] if c]
+    if "registry" in meta:
+        return REGISTRIES[meta["registry"]]()
+    return []
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Check the names a config gives to registries (after importing ``cfg.imports``, which
+    may register models). A model may also be ``package.module:callable``.
+
+    Raises:
+        ConfigError: an unknown name, listing the valid ones.
+    """
+    import_modules(cfg.imports)
+    for name in field_names():
+        registry = field_meta(name).get("registry")
+        if registry == "models":
+            get_spec(cfg.model)
+        elif registry is not None:
+            one_of(name, getattr(cfg, name), REGISTRIES[registry]())
+
+
+def optimizer_from_config(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """:func:`~eva8_utils.engine.make_optimizer` with the config's settings (``lr`` overrides ``cfg.lr``)."""
+    return make_optimizer(model, cfg.optimizer, float(cfg.lr) if lr is None else float(lr), cfg.momentum,
+                          cfg.nesterov, cfg.weight_decay, cfg.bias_lr_scale, cfg.head_lr_scale, cfg.muon_momentum)
+
+
+def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """A :class:`~eva8_utils.engine.Schedule` with the config's settings."""
+    return Schedule(optimizer, cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                    pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+                    anneal=cfg.anneal, cycle_momentum=cfg.cycle_momentum, warmup_epochs=cfg.warmup_epochs,
+                    step_size=cfg.step_size, step_gamma=cfg.step_gamma, exp_gamma=cfg.exp_gamma,
+                    plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
+                    plateau_threshold=cfg.plateau_threshold, min_lr=cfg.min_lr)
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------
+class Experiment:
+    """Everything one run needs, built from a config in stages (see the module docstring).
+
+    Attributes (filled by the stages): ``cfg``, ``device``, ``precision``, ``splits``,
+    ``train_loader``, ``test_loader``, ``model`` (the plain module), ``train_model`` (what
+    is trained: DDP/compiled wrapper or the model), ``model_name``, ``optimizer``,
+    ``schedule``, ``scaler``, ``lookahead``, ``ema``, ``monitor``, ``lr_result``, and the
+    position to continue from (``start_epoch``, ``partial``, ``history``).
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str | None = None):
+        cfg.validate()
+        check_names(cfg)
+        self.cfg = cfg
+        self.device = D.init_from_env(get_device(cfg.device) if device is None else torch.device(device))
+        self.precision = choose_precision(self.device, cfg.precision)
+        if cfg.sync_bn and D.world_size() > 1 and self.device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+                              "for multi-process CPU runs use --norm group or --norm layer")
+        self.splits: Splits | None = None
+        self.train_loader: DeviceLoader | None = None
+        self.test_loader: DeviceLoader | None = None
+        self.model: nn.Module | None = None
+        self.train_model: nn.Module | None = None
+        self.model_name = cfg.model
+        self.model_ref: dict[str, Any] | None = None
+        self.spec = None
+        self.optimizer = self.schedule = self.scaler = self.lookahead = self.ema = None
+        self.monitor: DivergenceMonitor | None = None
+        self.lr_result = None
+        self.start_epoch, self.partial, self.history, self.resumed_from = 0, None, None, None
+
+    # ------------------------------------------------------------------ stages
+    def load_data(self) -> Splits:
+        """Load the dataset and make the device loaders; refuse data that cannot train.
+
+        Raises:
+            DataError / ConfigError: fewer than 2 classes, a batch larger than the training
+                split (per rank), a crop or cutout larger than the images, ...
+        """
+        cfg = self.cfg
+        splits = load_dataset(cfg)
+        size, n_train = splits.image_size, len(splits.y_train)
+        present = len(set(splits.y_train.tolist()))
+        if splits.num_classes < 2 or present < 2:
+            raise DataError(f"{splits.name} has {present} class(es) in its training split; a classifier needs at "
+                            f"least 2 (one folder per class)")
+        per_rank = n_train // D.world_size()
+        if cfg.batch_size > per_rank:
+            where = f" per rank ({D.world_size()} ranks)" if D.world_size() > 1 else ""
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {per_rank} training images{where}; "
+                              f"use at most {per_rank}")
+        if cfg.cutout > size:
+            raise ConfigError(f"--cutout {cfg.cutout} is larger than the {size}x{size} images; use at most {size}")
+        if cfg.crop_padding >= size:
+            raise ConfigError(f"--crop-padding {cfg.crop_padding} must be smaller than the image size {size}")
+        self.splits = splits
+        self.train_loader, self.test_loader = make_loaders(splits, cfg, self.device, D.rank(), D.world_size())
+        return splits
+
+    def build_model(self, model: nn.Module | None = None) -> nn.Module:
+        """Seed, build the configured model (or take ``model``), initialise it from the data
+        (e.g. fastnet's whitening) and move it to the device."""
+        cfg, splits = self.cfg, self._need("splits", "load_data")
+        seed_everything(cfg.seed)
+        if model is None:
+            self.spec = get_spec(cfg.model)
+            options = model_options(cfg, splits.image_size)
+            model = self.spec.build(num_classes=splits.num_classes, **options)
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"--model {cfg.model} returned {type(model).__name__}, not an nn.Module")
+            self.model_ref = {"model": cfg.model, "options": options, "imports": list(cfg.imports)}
+            self.model_name = cfg.model
+        else:
+            self.model_name, self.model_ref = type(model).__name__, None
+        if cfg.analysis and cfg.cam_layer:
+            from .cam import get_layer
+
+            get_layer(model, cfg.cam_layer)
+        prepare_model(model, self.train_loader, self.device, channels_last=cfg.channels_last, seed=cfg.seed)
+        if cfg.sync_bn and D.world_size() > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        return model
+
+    def find_lr(self):
+        """Run the LR range test when ``lr_find`` or ``lr='auto'`` asks (not when resuming).
+
+        With ``lr='auto'`` the suggestion becomes ``cfg.lr``; a sweep without a descent
+        stops with a ConfigError. The model and RNG are left as they were.
+        """
+        cfg, model = self.cfg, self._need("model", "build_model")
+        if not (cfg.lr_find or cfg.lr_is_auto) or cfg.resume:
+            return None
+        from .lr_finder import lr_range_test
+
+        optimizer = optimizer_from_config(model, cfg, lr=1e-3)  # the sweep sets the LR itself
+        result = lr_range_test(model, self.train_loader, optimizer, device=self.device, num_iter=cfg.lr_find_iters,
+                               label_smoothing=cfg.label_smoothing, amp_dtype=self.precision.dtype)
+        self.lr_result = result
+        logger.info("LR finder: %s", result.describe())
+        if cfg.lr_is_auto:
+            if result.suggestion is None:
+                raise ConfigError(f"--lr auto: the LR range test found no descent ({result.note}); give --lr "
+                                  f"yourself, or look at the sweep with --lr-find")
+            self.cfg = cfg.replace(lr=float(result.suggestion))
+            logger.info("using the suggested LR %.4g (--lr auto)", result.suggestion)
+        return result
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer, schedule, GradScaler, lookahead, EMA and the model to train
+        (wrapped in DDP under torchrun, compiled with ``compile``)."""
+        cfg, model = self.cfg, self._need("model", "build_model")
+        if cfg.lr_is_auto:
+            raise ConfigError("--lr auto needs the LR range test first: call find_lr() before build_optimizer()")
+        steps = len(self.train_loader)
+        self.optimizer = optimizer_from_config(model, cfg)
+        self.schedule = schedule_from_config(self.optimizer, cfg, steps)
+        self.scaler = make_scaler(self.device, self.precision)
+        self.lookahead = Lookahead(model, start_step=LOOKAHEAD_START_EPOCHS * steps) if cfg.lookahead else None
+        self.ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
+        self.monitor = DivergenceMonitor(self.splits.num_classes)
+        train_model: nn.Module = model
+        if D.world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+        return self.optimizer
+
+    # ------------------------------------------------------------------ facts
+    def _need(self, attr: str, stage: str):
+        value = getattr(self, attr)
+        if value is None:
+            raise RuntimeError(f"call {stage}() first")
+        return value
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def cam_layer(self) -> str:
+        """The CAM layer: ``cam_layer`` from the config, else the model's default (>= 8x8)."""
+        from .cam import default_cam_layer
+
+        preferred = self.spec.cam_layer if self.spec is not None else None
+        return self.cfg.cam_layer or default_cam_layer(self.model, self.splits.image_size, preferred=preferred)
+
+    @property
+    def cam_reshape(self):
+        if self.spec is not None and self.spec.reshape_transform is not None:
+            return self.spec.reshape_transform
+        return getattr(self.model, "cam_reshape", None)
+
+    def header_lines(self) -> list[str]:
+        """The log's header: versions, device and precision, data, model and optimisation."""
+        cfg, s = self.cfg, self.splits
+        ranks = f" x {D.world_size()} ranks" if D.world_size() > 1 else ""
+        lines = [f"eva8_utils {__version__} | torch {torch.__version__} | python {platform.python_version()} | "
+                 f"device: {device_description(self.device)}{ranks}",
+                 f"precision: {self.precision.describe()}",
+                 f"data: {s.name}, {len(s.y_train)} train / {len(s.y_test)} test images, {s.image_size}x"
+                 f"{s.image_size}, {s.num_classes} classes; mean {_fmt3(s.mean)} std {_fmt3(s.std)}",
+                 f"model: {self.model_name}, {count_parameters(self.model):,} parameters; {cfg.optimizer}, batch "
+                 f"{cfg.batch_size}{f' x {D.world_size()}' if ranks else ''}, {self.steps_per_epoch} steps/epoch, "
+                 f"{cfg.scheduler} schedule, lr {float(cfg.lr):.4g}, {cfg.epochs} epochs"]
+        extras = [name for name, on in (("lookahead", cfg.lookahead), (f"EMA {cfg.ema:g}", cfg.ema > 0),
+                                        (f"MixUp {cfg.mixup:g}", cfg.mixup > 0), (f"CutMix {cfg.cutmix:g}", cfg.cutmix > 0))
+                  if on]
+        if extras:
+            lines.append("also: " + ", ".join(extras))
+        return lines
+
+    def summary(self) -> str:
+        return model_summary(unwrap(self.model), self.splits.image_size)
+
+    def run_facts(self) -> dict[str, Any]:
+        """What metrics.json says about the run before any epoch."""
+        return {"model": self.model_name, "dataset": self.cfg.dataset, "epochs_planned": self.cfg.epochs,
+                "device": device_description(self.device), "precision": self.precision.name,
+                "num_params": count_parameters(self.model), "world_size": D.world_size(), "torch": torch.__version__,
+                "lr": float(self.cfg.lr), "seed": self.cfg.seed}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint needs to be used on its own: how to rebuild the model, and the
+        inputs it expects (classes, image size, normalisation)."""
+        s = self.splits
+        return {"model_name": self.model_name, "model_ref": self.model_ref, "num_classes": s.num_classes,
+                "image_size": s.image_size, "classes": list(s.classes), "mean": list(s.mean), "std": list(s.std)}
+
+    def history_so_far(self) -> dict[str, list]:
+        if self.history is None:
+            self.history = new_history()
+        return self.history
+
+    def full_test_loader(self) -> DeviceLoader:
+        """The whole test split (under torchrun the test loader holds this rank's shard only)."""
+        if D.world_size() == 1:
+            return self.test_loader
+        s = self.splits
+        return DeviceLoader(s.x_test, s.y_test, batch_size=self.test_loader.batch_size, mean=s.mean, std=s.std,
+                            device=self.device, channels_last=self.test_loader.channels_last)
+
+
+def build(cfg: TrainConfig, *, device: torch.device | str | None = None, model: nn.Module | None = None) -> Experiment:
+    """Every stage of :class:`Experiment` in order (``model``: use this module instead of ``cfg.model``)."""
+    exp = Experiment(cfg, device)
+    exp.load_data()
+    exp.build_model(model)
+    exp.find_lr()
+    exp.build_optimizer()
+    return exp
+
+
+def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train an assembled experiment, saving into ``run`` (a :class:`~eva8_utils.rundir.RunDir`) if given.
+
+    A run being resumed is restored from its checkpoint first (at the exact batch when the
+    checkpoint was taken inside an epoch). A finished run is not trained again: its saved
+    history and last weights are loaded and returned.
+
+    Returns:
+        :func:`~eva8_utils.engine.fit`'s result (with ``finished=True`` for a finished run).
+    """
+    cfg = exp.cfg
+    exp._need("optimizer", "build_optimizer")
+    if run is not None and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
+        return _load_finished(exp, run)
+    if run is not None:
+        if run.resuming and exp.resumed_from is None:
+            run.restore(exp)
+        if cfg.tensorboard:
+            run.enable_tensorboard()
+        if not run.started:
+            run.start(exp)
+    elif D.is_main():
+        for line in exp.header_lines():
+            logger.info("%s", line)
+    history = exp.history_so_far()
+    result = fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, exp.schedule,
+                 epochs=cfg.epochs, device=exp.device, amp_dtype=exp.precision.dtype, scaler=exp.scaler,
+                 label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
+                 grad_clip_mode=cfg.grad_clip_mode, lookahead=exp.lookahead, ema=exp.ema, tta=cfg.tta, seed=cfg.seed,
+                 start_epoch=exp.start_epoch, partial=exp.partial, history=history,
+                 hooks=run.hooks(exp) if run is not None else None, stop=stop, progress=cfg.progress,
+                 log_every=cfg.log_every, num_classes=exp.splits.num_classes, monitor=exp.monitor)
+    exp.start_epoch, exp.partial, exp.history = cfg.epochs, None, result["history"]
+    if run is not None:
+        run.write_metrics("running", **final_metrics(result, cfg.tta))
+    return result
+
+
+def final_metrics(result: dict[str, Any], tta: str) -> dict[str, Any]:
+    """The metrics.json entries of fit's final evaluations (plain, TTA, EMA)."""
+    out: dict[str, Any] = {"test_acc": result["final"]["test_acc"], "test_loss": result["final"]["test_loss"]}
+    if result.get("tta") is not None:
+        out.update(test_acc_tta=result["tta"]["test_acc"], test_loss_tta=result["tta"]["test_loss"], tta=tta)
+    if result.get("ema_final") is not None:
+        out.update(ema_test_acc=result["ema_final"]["test_acc"], ema_test_loss=result["ema_final"]["test_loss"])
+    if result.get("ema_tta") is not None:
+        out.update(ema_test_acc_tta=result["ema_tta"]["test_acc"])
+    if result.get("warnings"):
+        out["warnings"] = list(result["warnings"])
+    return out
+
+
+def _load_finished(exp: Experiment, run) -> dict[str, Any]:
+    """A finished run: its history and last weights, no training."""
+    from .checkpoint import load_checkpoint, load_weights
+
+    m = run.read_metrics()
+    logger.info("%s holds a finished run (%d epochs, test accuracy %.2f%%): showing the saved results; nothing is "
+                "trained again", run.path, m.get("epochs", 0), m.get("test_acc", float("nan")))
+    path = run.checkpoints / "last.pt"
+    if path.is_file():
+        ckpt = load_checkpoint(path, exp.device)
+        load_weights(exp.model, ckpt["model"], path)
+        if exp.ema is not None and ckpt.get("ema") is not None:
+            exp.ema.load_state_dict(ckpt["ema"])
+        if "_epoch_times" in ckpt.get("history", {}):
+            exp.history = ckpt["history"]
+    if exp.history is None or not exp.history.get("epoch"):
+        exp.history = run.read_history()
+    exp.start_epoch = len(exp.history["epoch"])
+
+    def ev(prefix: str = "") -> dict[str, Any] | None:
+        if f"{prefix}test_acc" not in m:
+            return None
+        total = len(exp.splits.y_test)
+        return {"test_acc": m[f"{prefix}test_acc"], "test_loss": m.get(f"{prefix}test_loss", float("nan")),
+                "correct": int(round(m[f"{prefix}test_acc"] * total / 100)), "total": total}
+
+    tta = ({"test_acc": m["test_acc_tta"], "test_loss": m.get("test_loss_tta", float("nan"))}
+           if "test_acc_tta" in m else None)
+    return {"history": exp.history, "final": ev(), "tta": tta, "ema_final": ev("ema_"), "ema_tta": None,
+            "epoch_times": exp.history.get("_epoch_times", []), "train_time_s": m.get("train_time_s", 0.0),
+            "warnings": m.get("warnings", []), "finished": True}
+
+
+def run_experiment(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """The whole job the CLI runs: assemble, train into a run folder, analyse, report.
+
+    Everything that can be refused (config, names, data, model, checkpoint) is checked
+    before the run folder is created or changed. ``--resume`` on a finished run says so
+    and changes nothing.
+
+    Returns:
+        The final metrics (metrics.json).
+
+    Raises:
+        UserError: bad input (nothing written).
+        NonFiniteLossError, TrainingInterrupted: training stopped; the last checkpoint
+            is kept and metrics.json says why.
+    """
+    from .rundir import RunDir, default_run_dir
+
+    exp = Experiment(cfg)
+    run = RunDir(cfg.out or D.broadcast_object(str(default_run_dir(cfg.model))))
+    run.check(cfg)
+    if cfg.resume and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
+        m = run.read_metrics()
+        logger.info("%s is a finished run (%d epochs, test accuracy %.2f%%); nothing to resume, nothing changed",
+                    run.path, m.get("epochs", 0), m.get("test_acc", float("nan")))
+        D.cleanup()
+        return m
+    if not D.is_main():
+        logging.getLogger("eva8_utils").setLevel(logging.WARNING)
+    if cfg.tensorboard:
+        run.enable_tensorboard()
+    exp.load_data()
+    exp.build_model()
+    exp.find_lr()
+    exp.build_optimizer()
+    if run.resuming:
+        run.restore(exp)
+    t_start = time.perf_counter()
+    try:
+        result = train(exp, run, stop)
+        metrics: dict[str, Any] = {}
+        if D.is_main():
+            metrics = analyse(exp, run, result, wall_s=time.perf_counter() - t_start)
+    except TrainingInterrupted as e:
+        run.fail("interrupted", e)
+        logger.warning("Interrupted in epoch %d at batch %d. Completed epochs saved: %d (%s). Resume with:\n"
+                       "  python -m eva8_utils.main --out %s --resume", e.epoch, e.batch, e.completed_epochs,
+                       run.checkpoints / "last.pt", run.path)
+        raise
+    except NonFiniteLossError as e:
+        run.fail("failed: non-finite loss", e)
+        logger.error("%s", e)
+        raise
+    except BaseException as e:
+        run.fail("failed", e)
+        raise
+    D.cleanup()
+    return metrics
+
+
+def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None = None) -> dict[str, Any]:
+    """After training: the analysis (when ``cfg.analysis``), report.md and metrics.json ``done``."""
+    from .analysis import Analysis
+
+    cfg = exp.cfg
+    an = Analysis(exp, run, result)
+    if cfg.analysis:
+        an.run_all()
+    extra = {"wall_time_s": round(wall_s, 2)} if wall_s is not None else {}
+    metrics = an.finish(**extra)
+    if cfg.analysis and cfg.readme_images:
+        run.copy_images()
+    logger.info("done: test accuracy %.2f%%%s; run folder %s", metrics["test_acc"],
+                f" ({metrics['test_acc_tta']:.2f}% with TTA)" if "test_acc_tta" in metrics else "", run.path)
+    return metrics
+
+
+def _fmt3(v) -> str:
+    return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
+
+
+__all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "check_names", "choices",
+           "optimizer_from_config", "schedule_from_config", "final_metrics", "REGISTRIES"]

@@ -1,0 +1,557 @@
+"""The run folder and its one owner, :class:`RunDir`.
+
+A run folder holds::
+
+    config.yaml      the resolved config (resume reads it)
+    log.txt          header, per-epoch lines, warnings, final metrics
+    summary.txt      the model summary (torchinfo)
+    history.csv      one row per epoch
+    steps.csv        one row per optimizer step (step, epoch, lr, loss)
+    metrics.json     status (running -> done | failed | interrupted) and the numbers
+    checkpoints/     last.pt (end of every epoch and every --checkpoint-minutes inside
+                     one), prev.pt (the one before), best.pt (best test accuracy)
+    images/          the analysis pictures
+    report.md        config, metrics, per-class table and the pictures
+    tensorboard/     with --tensorboard
+
+``RunDir`` refuses to replace a run unless asked (resume or overwrite), writes every
+file atomically (temp file + rename in the same folder: no hard links, which works on
+Google Drive's file system too) and is the single writer of ``metrics.json``: its
+status reads ``done`` only after the analysis has finished, and ``failed`` with the
+error when anything raises. The CLI and the notebook both go through it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import distributed as D
+from .checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
+from .config import TrainConfig, experiment_settings, flag
+from .engine import FitHooks, HISTORY_COLUMNS, new_history
+from .errors import CheckpointError, ConfigError
+from .utils import atomic_write_text, setup_logging
+
+logger = logging.getLogger("eva8_utils")
+
+RUN_FILES = ("config.yaml", "history.csv", "steps.csv", "metrics.json", "log.txt", "summary.txt", "report.md")
+RUN_DIRS = ("checkpoints", "images", "tensorboard")
+IMAGE_NAMES = ("curves", "misclassified", "gradcam", "confusion_matrix", "per_class_accuracy", "samples",
+               "lr_finder")
+
+
+def default_run_dir(model_name: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model_name.replace(':', '.').replace('/', '.')}"
+
+
+class RunDir:
+    """One run folder: what it holds, and every write to it.
+
+    Args:
+        path: the folder.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics: dict[str, Any] = {}
+        self.resuming = False
+        self.started = False
+        self._writer = None                # TensorBoard SummaryWriter (lazily)
+        self._log_handlers = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, status={self.status!r})"
+
+    # ------------------------------------------------------------------ what is there
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def holds_run(self) -> bool:
+        return any((self.path / n).exists() for n in ("config.yaml", "history.csv", "checkpoints", "metrics.json"))
+
+    @property
+    def status(self) -> str:
+        """``empty`` (no run), ``done``, ``running`` (or killed), ``interrupted``, ``failed...``
+        or ``unknown`` (files but no readable metrics.json)."""
+        if not self.holds_run():
+            return "empty"
+        m = self.read_metrics()
+        return str(m.get("status", "unknown")) if m else "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "done"
+
+    def read_metrics(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The run's config.yaml as a dict, or None."""
+        p = self.path / "config.yaml"
+        if not p.is_file():
+            return None
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            raise ConfigError(f"{p} is not readable YAML; repair it or start the run again with --overwrite") from None
+        return data if isinstance(data, dict) else None
+
+    def has_checkpoint(self) -> bool:
+        return any((self.checkpoints / n).is_file() for n in ("last.pt", "prev.pt"))
+
+    def read_history(self) -> dict[str, list]:
+        """history.csv and steps.csv back into a history dict."""
+        history = read_history_csv(self.path / "history.csv")
+        steps = self.path / "steps.csv"
+        if steps.is_file():
+            with open(steps, newline="", encoding="utf-8") as fh:
+                history["steps"] = [[int(r["step"]), int(r["epoch"]), float(r["lr"]), float(r["loss"])]
+                                    for r in csv.DictReader(fh)]
+        return history
+
+    # ------------------------------------------------------------------ opening
+    def check(self, cfg: TrainConfig) -> None:
+        """The CLI's rules: refuse to replace a run unless ``--resume`` or ``--overwrite``.
+
+        Sets :attr:`resuming`. Raises ConfigError with the fix.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path} is a file; give a folder")
+        if cfg.resume:
+            if not self.has_checkpoint() and not self.finished:
+                raise ConfigError(f"--resume: {self.path} has no checkpoint to continue from; start without --resume")
+            self.resuming = True
+            return
+        if self.holds_run() and not cfg.overwrite:
+            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                              f"replace it, or choose another --out")
+
+    def open_for(self, cfg: TrainConfig, overwrite: bool = False) -> TrainConfig:
+        """The notebook's rules: never replace a run silently.
+
+        - empty folder: a new run with ``cfg``;
+        - ``overwrite``: the old run's files are removed when training starts;
+        - an unfinished run with the same settings: it is resumed from its last checkpoint;
+        - a finished run with the same settings: nothing is trained again (:attr:`finished`);
+        - a run with other settings: ConfigError naming the differences.
+
+        Returns:
+            The config to use (the saved one when the run is resumed or finished).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"RUN_DIR {self.path} is a file; give a folder")
+        if overwrite or not self.holds_run():
+            return cfg.replace(overwrite=overwrite and self.holds_run(), resume=False, out=str(self.path))
+        saved = self.saved_config()
+        if saved is None:
+            raise ConfigError(f"{self.path} holds files of a run but no config.yaml; set OVERWRITE = True to start "
+                              f"again or choose another RUN_DIR")
+        diff = config_differences(saved, cfg)
+        if diff:
+            raise ConfigError(f"{self.path} holds a run with other settings ({'; '.join(diff[:4])}); set "
+                              f"OVERWRITE = True to replace it, or choose another RUN_DIR")
+        if not self.finished:
+            if not self.has_checkpoint():
+                return cfg.replace(overwrite=True, resume=False, out=str(self.path))  # nothing worth keeping
+            self.resuming = True
+        from .config import build_config
+
+        keep = {k: getattr(cfg, k) for k in ("progress", "device", "data_dir", "cache_dir", "log_every")}
+        return build_config(flags=keep, base={**saved, "resume": self.resuming, "overwrite": False,
+                                              "out": str(self.path)})
+
+    # ------------------------------------------------------------------ resuming
+    def restore(self, exp) -> None:
+        """Load the last checkpoint (else the one before) into an assembled experiment:
+        model, optimizer, schedule, scaler, lookahead, EMA, divergence monitor, history,
+        and the position (epoch, and batch for a checkpoint taken inside an epoch).
+
+        Raises:
+            CheckpointError: no usable checkpoint, or one for another model or schedule.
+        """
+        errors = []
+        for path in (self.checkpoints / "last.pt", self.checkpoints / "prev.pt"):
+            if not path.exists():
+                continue
+            try:
+                ckpt = load_checkpoint(path, exp.device)
+            except CheckpointError as e:
+                errors.append(e)
+                logger.warning("%s; trying the previous checkpoint", e)
+                continue
+            check_compatible(ckpt, exp.model_name, exp.splits.num_classes, path)
+            load_weights(exp.model, ckpt["model"], path)
+            exp.optimizer.load_state_dict(ckpt["optimizer"])
+            if exp.schedule is not None and ckpt.get("schedule") is not None:
+                try:
+                    exp.schedule.load_state_dict(ckpt["schedule"])
+                except ValueError as e:
+                    raise CheckpointError(
+                        f"cannot resume {path} with these settings: {e}; keep --epochs and --scheduler "
+                        f"of the run (onecycle, linear and cosine fix their length at the start)") from None
+            for name in ("scaler", "lookahead", "ema", "monitor"):
+                obj, state = getattr(exp, name), ckpt.get(name)
+                if obj is not None and state is not None:
+                    obj.load_state_dict(state)
+                elif obj is not None and name == "ema":
+                    raise CheckpointError(f"{path} has no EMA weights; resume without --ema or start again")
+            if path.name == "prev.pt":
+                logger.warning("resumed from the previous checkpoint %s", path)
+            exp.start_epoch, exp.partial = int(ckpt["epoch"]), ckpt.get("partial")
+            exp.history = ckpt["history"]
+            exp.resumed_from = path
+            self.metrics = self.read_metrics()
+            return
+        if errors:
+            raise errors[0]
+        raise CheckpointError(f"{self.checkpoints} holds no checkpoint to resume from; start the run without --resume")
+
+    # ------------------------------------------------------------------ writing
+    def start(self, exp) -> None:
+        """Create (or clear, with overwrite) the folder and write config.yaml, the log's
+        header and summary.txt; metrics.json says ``running``. Rank 0 only writes."""
+        cfg = exp.cfg
+        if D.is_main():
+            if cfg.overwrite and self.path.exists():
+                self.clear()
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            setup_logging(self.path / "log.txt")
+            self._log_handlers = True
+        D.barrier()
+        for line in exp.header_lines():
+            logger.info("%s", line)
+        logger.info("run folder: %s", self.path)
+        if self.resuming:
+            logger.info("resuming from %s after epoch %d%s", exp.resumed_from, exp.start_epoch,
+                        f", batch {exp.partial['batch']} of epoch {exp.start_epoch + 1}" if exp.partial else "")
+        elif D.is_main():
+            summary = exp.summary()
+            atomic_write_text(self.path / "summary.txt", summary + "\n")
+            _log_to_file_only(summary)
+        self.started = True
+        if not self.resuming:
+            self.metrics = {}
+        self.write_metrics("running", **exp.run_facts())
+
+    def clear(self) -> None:
+        """Remove the files a run writes (and nothing else) from the folder."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def write_metrics(self, status: str, **values: Any) -> dict[str, Any]:
+        """The one writer of metrics.json: merge ``values`` and set the status."""
+        self.metrics.update(values)
+        self.metrics["status"] = status
+        if D.is_main() and self.path.is_dir():
+            atomic_write_text(self.path / "metrics.json", json.dumps(_plain(self.metrics), indent=2, sort_keys=True)
+                              + "\n")
+        return dict(self.metrics)
+
+    def write_history(self, history: dict[str, list]) -> None:
+        if not D.is_main():
+            return
+        atomic_write_text(self.path / "history.csv", history_csv(history))
+        atomic_write_text(self.path / "steps.csv", steps_csv(history))
+        self.metrics.update(history_metrics(history))
+
+    def save_state(self, exp, epoch: int, *, partial: dict | None = None, is_best: bool = False) -> None:
+        """checkpoints/last.pt (the previous one kept as prev.pt) and, when ``is_best``, best.pt."""
+        if not D.is_main():
+            return
+        for p in exp.model.parameters():
+            if not torch.isfinite(p).all():  # never replace a good checkpoint by broken weights
+                raise RuntimeError("refusing to save non-finite weights")
+        meta = exp.checkpoint_meta()
+        weights = exp.model.state_dict()
+        state = {
+            "model": weights, "optimizer": exp.optimizer.state_dict(),
+            "schedule": exp.schedule.state_dict() if exp.schedule is not None else None,
+            "epoch": int(epoch), "partial": partial, "history": exp.history_so_far(),
+            "config": exp.cfg.to_dict(), **meta,
+        }
+        for name in ("scaler", "lookahead", "ema", "monitor"):
+            obj = getattr(exp, name)
+            state[name] = obj.state_dict() if obj is not None else None
+        save_checkpoint(self.checkpoints / "last.pt", state, keep_previous=True)
+        if is_best:
+            best = {"model": weights, "epoch": int(epoch), "config": exp.cfg.to_dict(),
+                    "test_acc": state["history"]["test_acc"][-1], **meta}
+            if exp.ema is not None:
+                best["ema"] = exp.ema.state_dict()
+            save_checkpoint(self.checkpoints / "best.pt", best)
+
+    def hooks(self, exp) -> "RunHooks":
+        """The :class:`~eva8_utils.engine.FitHooks` that save this run as it trains."""
+        return RunHooks(self, exp)
+
+    def finish(self, **values: Any) -> dict[str, Any]:
+        """After the analysis: metrics.json says ``done``."""
+        metrics = self.write_metrics("done", **values)
+        if self._writer is not None:
+            self._tb_hparams(metrics)
+            self._writer.close()
+            self._writer = None
+        return metrics
+
+    def fail(self, status: str, error: BaseException | str | None = None) -> None:
+        """metrics.json says ``status`` (failed..., interrupted) with the error, if the folder exists."""
+        if not self.path.is_dir() or not D.is_main():
+            return
+        values = {}
+        if error is not None:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            values["error"] = f"{type(error).__name__}: {text}" if isinstance(error, BaseException) else text
+        self.write_metrics(status, **values)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def save_figure(self, name: str, fig, dpi: int = 110) -> Path:
+        """images/NAME.png (and the TensorBoard image, with --tensorboard); the Figure is kept."""
+        path = self.path / "images" / f"{name}.png"
+        if D.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            fig.savefig(tmp, dpi=dpi)
+            tmp.replace(path)
+            if self.tensorboard is not None:
+                self.tensorboard.add_figure(f"images/{name}", fig, close=False)
+        return path
+
+    def write_report(self, cfg: TrainConfig, classes, notes: list[str] | None = None) -> None:
+        """report.md: final metrics, CAM checks, per-class accuracy, the images and the config."""
+        if D.is_main():
+            atomic_write_text(self.path / "report.md", report_markdown(self.path, cfg, self.metrics, classes, notes))
+
+    def copy_images(self, dest: str | Path = "image/README") -> None:
+        """Copy the run's images (e.g. to image/README/, relative to the working directory)."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for png in sorted((self.path / "images").glob("*.png")):
+            shutil.copy2(png, dest / png.name)
+        logger.info("copied images to %s", dest)
+
+    # ------------------------------------------------------------------ TensorBoard
+    tensorboard_enabled = False
+
+    @property
+    def tensorboard(self):
+        """A SummaryWriter into RUN/tensorboard when enabled (:meth:`enable_tensorboard`)."""
+        if not self.tensorboard_enabled or not D.is_main():
+            return None
+        if self._writer is None:
+            self._writer = make_summary_writer(self.path / "tensorboard")
+        return self._writer
+
+    def enable_tensorboard(self) -> None:
+        """Check that TensorBoard is installed (one-line error if not) and turn it on."""
+        make_summary_writer(None)
+        self.tensorboard_enabled = True
+
+    def _tb_hparams(self, metrics: dict[str, Any]) -> None:
+        cfg = self.saved_config() or {}
+        hparams = {k: v for k, v in experiment_settings(cfg).items() if isinstance(v, (int, float, str, bool))}
+        final = {f"hparam/{k}": float(metrics[k]) for k in ("test_acc", "test_loss", "test_acc_tta", "best_test_acc")
+                 if isinstance(metrics.get(k), (int, float))}
+        self._writer.add_hparams(hparams, final, run_name=".")
+
+
+class RunHooks(FitHooks):
+    """Saves a run while it trains: a checkpoint, history.csv, steps.csv and metrics.json
+    after every epoch; a checkpoint inside an epoch every ``checkpoint_minutes``; the
+    TensorBoard scalars; warnings into metrics.json."""
+
+    def __init__(self, run: RunDir, exp):
+        self.run, self.exp = run, exp
+        self.interval = exp.cfg.checkpoint_minutes * 60.0 if D.world_size() == 1 else 0.0
+        self.last_save = time.monotonic()
+        self.best = max(exp.history["test_acc"], default=-1.0) if exp.history else -1.0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.last_save = time.monotonic() if epoch == self.exp.start_epoch + 1 else self.last_save
+
+    def on_step(self, epoch: int, batch: int, partial) -> None:
+        tb = self.run.tensorboard
+        if tb is not None:
+            step = self.exp.schedule.steps if self.exp.schedule is not None else batch
+            tb.add_scalar("train/lr", self.exp.optimizer.param_groups[0]["lr"], step)
+        if self.interval and time.monotonic() - self.last_save >= self.interval and batch < self.exp.steps_per_epoch:
+            self.run.save_state(self.exp, epoch - 1, partial=partial())
+            self.last_save = time.monotonic()
+            logger.debug("checkpoint inside epoch %d at batch %d", epoch, batch)
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any], history: dict[str, list]) -> None:
+        self.exp.history = history
+        is_best = row["test_acc"] > self.best
+        self.best = max(self.best, row["test_acc"])
+        self.run.save_state(self.exp, epoch, is_best=is_best)
+        self.last_save = time.monotonic()
+        self.run.write_history(history)
+        self.run.write_metrics("running")
+        tb = self.run.tensorboard
+        if tb is not None:
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_loss", "ema_test_acc"):
+                if key in row:
+                    part, _, what = key.rpartition("_")
+                    tb.add_scalar(f"{part}/{what}", row[key], epoch)
+            tb.flush()
+
+    def on_warning(self, text: str) -> None:
+        self.run.metrics.setdefault("warnings", []).append(text)
+        self.run.write_metrics("running")
+
+
+# ---------------------------------------------------------------------------------------
+# File formats
+# ---------------------------------------------------------------------------------------
+def history_csv(history: dict[str, list]) -> str:
+    cols = [c for c in history if c != "steps" and not c.startswith("_")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for i in range(len(history["epoch"])):
+        w.writerow([_fmt(history[c][i]) for c in cols])
+    return buf.getvalue()
+
+
+def steps_csv(history: dict[str, list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "epoch", "lr", "loss"])
+    for row in history["steps"]:
+        w.writerow([row[0], row[1], _fmt(row[2]), _fmt(row[3])])
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> Any:
+    return repr(float(v)) if isinstance(v, float) else v
+
+
+def read_history_csv(path: str | Path) -> dict[str, list]:
+    """history.csv -> dict of column lists (numbers parsed).
+
+    Raises:
+        ConfigError: the file is missing or not a history (names the file).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        out: dict[str, list] = {k: [] for k in (rows[0].keys() if rows else HISTORY_COLUMNS)}
+        for r in rows:
+            for k, v in r.items():
+                out[k].append(int(v) if k == "epoch" else float(v))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} is not a readable history.csv ({type(e).__name__}); is it a run folder?") from None
+    if "epoch" not in out or "test_acc" not in out:
+        raise ConfigError(f"{path} is not a history.csv (no epoch/test_acc columns); is it a run folder?")
+    out.setdefault("steps", [])
+    return out
+
+
+def history_metrics(history: dict[str, list]) -> dict[str, Any]:
+    """The metrics.json entries that follow from a history (last and best epoch, times)."""
+    m: dict[str, Any] = {"epochs": len(history["epoch"])}
+    if history["epoch"]:
+        i_best = max(range(len(history["test_acc"])), key=lambda i: history["test_acc"][i])
+        m.update(test_acc=history["test_acc"][-1], test_loss=history["test_loss"][-1],
+                 train_acc=history["train_acc"][-1], train_loss=history["train_loss"][-1],
+                 best_test_acc=history["test_acc"][i_best], best_epoch=history["epoch"][i_best])
+        if history.get("ema_test_acc"):
+            m.update(ema_test_acc=history["ema_test_acc"][-1], ema_test_loss=history["ema_test_loss"][-1])
+    times = history.get("_epoch_times", [])
+    if times:
+        m.update(train_time_s=round(float(sum(times)), 3), epoch_time_s=round(float(sum(times) / len(times)), 3))
+    return m
+
+
+def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Settings that differ between a saved run's config and ``cfg`` ("epochs 20 vs 10")."""
+    a, b = experiment_settings(saved), experiment_settings(cfg)
+    out = []
+    for k, v in b.items():
+        if k == "lr" and v == "auto":
+            continue  # the saved config holds the LR the finder chose
+        if k in a and a[k] != v:
+            out.append(f"{flag(k)[2:]} {a[k]!r} there vs {v!r} here")
+    return out
+
+
+def report_markdown(run_dir: Path, cfg: TrainConfig, metrics: dict[str, Any], classes,
+                    notes: list[str] | None = None) -> str:
+    lines = [f"# Run report: {metrics.get('model', cfg.model)} on {metrics.get('dataset', cfg.dataset)}", ""]
+    lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
+    for key in ("test_acc", "test_acc_tta", "test_loss", "best_test_acc", "best_epoch", "ema_test_acc",
+                "ema_test_acc_tta", "epochs", "train_time_s", "epoch_time_s", "device", "precision", "num_params",
+                "misclassified_count", "analysis_weights"):
+        if key in metrics:
+            v = metrics[key]
+            lines.append(f"| {key} | {v:.4g} |" if isinstance(v, float) else f"| {key} | {v} |")
+    cam = {k: v for k, v in metrics.items() if k.startswith("cam_")}
+    if cam:
+        lines += ["", "## CAM checks", "", "| check | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(cam.items())]
+    lines += [f"- {n}" for n in ([""] if notes else []) + (notes or []) if n]
+    if metrics.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]]
+    lines += ["", "## Per-class test accuracy", "", "| class | accuracy (%) |", "|---|---|"]
+    for c in classes:
+        lines.append(f"| {c} | {metrics.get('per_class_acc', {}).get(c, float('nan')):.2f} |")
+    lines += ["", "## Images", ""]
+    for name in IMAGE_NAMES:
+        if (run_dir / "images" / f"{name}.png").exists():
+            lines += [f"### {name.replace('_', ' ')}", "", f"![{name}](images/{name}.png)", ""]
+    defaults = TrainConfig()
+    lines += ["## Config", "", "Settings that differ from the defaults (all of them are in config.yaml):", ""]
+    lines += [f"- `{k}`: {v!r}" for k, v in cfg.to_dict().items() if getattr(defaults, k) != v] or ["- (none)"]
+    return "\n".join(lines) + "\n"
+
+
+def make_summary_writer(log_dir: Path | None):
+    """A TensorBoard SummaryWriter (None: only check that TensorBoard is installed)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(log_dir)) if log_dir is not None else None
+
+
+def _log_to_file_only(text: str) -> None:
+    """Write ``text`` to the log file handlers only (the console gets a one-line mention)."""
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.stream.write(text + "\n")
+            h.flush()
+    logger.info("model summary written to summary.txt (parameters, output shapes, mult-adds)")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy/torch scalars to Python numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+__all__ = ["RunDir", "RunHooks", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
+           "config_differences", "default_run_dir", "new_history"]
