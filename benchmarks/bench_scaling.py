@@ -23,43 +23,37 @@ from common import ROOT, machine, write_json
 def child(n: int, side: int, batch: int, steps: int, device_name: str, model_name: str) -> dict:
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    from common import now, sync
-    from eva8_utils.augment import AugmentConfig
-    from eva8_utils.data import DeviceLoader
-    from eva8_utils.engine import _autocast, autocast_dtype
-    from eva8_utils.models import create_model
-    from eva8_utils.utils import get_device, peak_rss_mb
+    from common import Batches, batches, now, sync
+    from eva8_utils.config import build_config
+    from eva8_utils.data import Splits
+    from eva8_utils.engine import train_one_epoch
+    from eva8_utils.experiment import Experiment
+    from eva8_utils.utils import peak_rss_mb
 
-    device = get_device(device_name)
     g = np.random.default_rng(0)
     x = g.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
     y = g.integers(0, 10, n)
-    loader = DeviceLoader(x, y, batch_size=batch, mean=(0.5,) * 3, std=(0.25,) * 3, device=device, train=True,
-                          aug=AugmentConfig(), seed=0, channels_last=True)
-    del x
-    torch.manual_seed(0)
-    model = create_model(model_name).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    amp = autocast_dtype(device, "auto")
-    done, t0 = -1, None
-    epoch = 0
-    while done < steps:
-        epoch += 1
-        loader.set_epoch(epoch)
-        for xb, yb in loader:
-            with _autocast(device, amp):
-                loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == 0:  # the first step warms up
-                sync(device)
-                t0 = now()
-            if done >= steps:
-                break
+    splits = Splits(x, y, x[:16], y[:16], [str(i) for i in range(10)], mean=(0.5,) * 3, std=(0.25,) * 3,
+                    name="random")
+    # the assignment's augmentation (crop pad 4, flip, 16x16 cutout), built as the CLI builds a run
+    exp = Experiment(build_config(flags=dict(dataset="folder", model=model_name, batch_size=batch, device=device_name,
+                                             cutout=min(16, side), lr=1e-3, scheduler="none", progress=False)))
+    exp.load_data(splits)
+    del x, splits
+    exp.build_model()
+    exp.build_optimizer()
+    device = exp.device
+    it = batches(exp.train_loader, steps + 1)
+
+    def step_block(k):
+        train_one_epoch(exp.train_model, Batches(it, k, device), exp.optimizer, device=device,
+                        amp_dtype=exp.precision.dtype, progress=False, log_every=10**9)
+
+    step_block(1)  # the first step warms up
+    sync(device)
+    t0 = now()
+    step_block(steps)
     sync(device)
     rate = steps * batch / (now() - t0)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()

@@ -20,27 +20,13 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from common import add_data_args, classic_loader, load_images, machine, median, now, sync, write_json
+from common import Batches, add_data_args, batches, classic_loader, load_images, machine, median, now, sync, write_json
 
-from eva8_utils.augment import AugmentConfig
+from eva8_utils.config import build_config
 from eva8_utils.data import DeviceLoader
-from eva8_utils.engine import _autocast, autocast_dtype
-from eva8_utils.models import create_model
+from eva8_utils.engine import train_one_epoch
+from eva8_utils.experiment import Experiment
 from eva8_utils.utils import get_device
-
-
-def _batches(loader, n, epoch=1):
-    """``n`` batches, cycling epochs."""
-    out = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for batch in loader:
-            yield batch
-            out += 1
-            if out >= n:
-                return
-        epoch += 1
 
 
 def time_data(make_iter, n_batches, batch_size, device, repeats):
@@ -58,28 +44,21 @@ def time_data(make_iter, n_batches, batch_size, device, repeats):
     return median(rates)
 
 
-def time_steps(model, make_iter, n_batches, batch_size, device, repeats, amp_dtype, channels_last):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-
-    def step(x, y):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+def time_steps(exp, make_iter, n_batches, batch_size, repeats):
+    """Images per second of the real training step (engine.train_one_epoch) on the assembled
+    model and optimizer, fed by ``make_iter``."""
+    def run(it, n):
+        train_one_epoch(exp.train_model, Batches(it, n, exp.device), exp.optimizer, device=exp.device,
+                        amp_dtype=exp.precision.dtype, scaler=exp.scaler, progress=False, log_every=10**9)
 
     rates = []
     for _ in range(repeats):
         it = make_iter()
-        x, y = next(it)
-        step(x.to(device), y.to(device))  # warm-up
-        sync(device)
+        run(it, 1)  # warm-up
+        sync(exp.device)
         t0 = now()
-        for x, y in itertools.islice(it, n_batches):
-            step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        sync(device)
+        run(it, n_batches)
+        sync(exp.device)
         rates.append(n_batches * batch_size / (now() - t0))
     return median(rates)
 
@@ -100,19 +79,21 @@ def main() -> None:
     device = get_device(args.device)
     splits, source = load_images(args.data_dir, synthetic_n=args.synthetic)
     bs = args.batch_size
-    amp_dtype = autocast_dtype(device, "auto")
-    channels_last = device.type in ("cuda", "cpu")
-    aug = AugmentConfig(crop_padding=4, flip="random", cutout=16)
-    ours = DeviceLoader(splits.x_train, splits.y_train, batch_size=bs, mean=splits.mean, std=splits.std,
-                        device=device, train=True, aug=aug, seed=0, channels_last=channels_last)
+    # the training loader of the assignment's augmentation (crop pad 4, flip, 16x16 cutout), as the CLI builds it
+    base = dict(dataset="folder", batch_size=bs, crop_padding=4, flip="random", cutout=16, device=device.type,
+                progress=False, lr=1e-3, scheduler="none")
+    data_exp = Experiment(build_config(flags=base))
+    data_exp.load_data(splits)
+    ours = data_exp.train_loader
+    channels_last = ours.channels_last
     workers = [int(w) for w in args.workers.split(",")]
-    makers = {"ours": lambda: _batches(ours, 10**9)}
+    makers = {"ours": lambda: batches(ours, 10**9)}
     for w in workers:
         loader = classic_loader(splits.x_train, splits.y_train, splits.mean, splits.std, bs, w)
-        makers[f"classic_w{w}"] = (lambda ld=loader: _batches(ld, 10**9))
+        makers[f"classic_w{w}"] = (lambda ld=loader: batches(ld, 10**9))
 
     result = {"benchmark": "throughput", "machine": machine(device), "data": source, "batch_size": bs,
-              "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+              "precision": data_exp.precision.name,
               "repeats": args.repeats, "data_images_per_s": {}, "step_images_per_s": {}}
     for name, make in makers.items():
         result["data_images_per_s"][name] = round(time_data(make, args.data_batches, bs, device, args.repeats), 1)
@@ -120,19 +101,18 @@ def main() -> None:
 
     step_batches = dict(kv.split("=") for kv in args.step_batches.split(","))
     for model_name in args.models.split(","):
-        torch.manual_seed(0)
-        model = create_model(model_name).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        exp = Experiment(build_config(flags={**base, "model": model_name}))  # the same assembly as the CLI
+        exp.load_data(splits)
+        exp.build_model()
+        exp.build_optimizer()
         n = int(step_batches.get(model_name, 5))
         rates = {}
         for name, make in makers.items():
-            rates[name] = round(time_steps(model, make, n, bs, device, args.repeats, amp_dtype, channels_last), 1)
+            rates[name] = round(time_steps(exp, make, n, bs, args.repeats), 1)
             print(f"step {model_name} {name}: {rates[name]:.1f} img/s", flush=True)
         # the model alone, on one fixed batch: the step cost without any input pipeline
         fixed = next(iter(ours))
-        rates["no_data"] = round(time_steps(model, lambda: itertools.repeat(fixed), n, bs, device, args.repeats,
-                                            amp_dtype, channels_last), 1)
+        rates["no_data"] = round(time_steps(exp, lambda: itertools.repeat(fixed), n, bs, args.repeats), 1)
         result["step_images_per_s"][model_name] = rates
 
     d = result["data_images_per_s"]

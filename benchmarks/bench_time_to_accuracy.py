@@ -4,9 +4,10 @@ Both recipes train on the same machine for the same wall-clock budget; at each m
 (default 5, 10 and 15 minutes of training, evaluation time excluded) the test
 accuracy is measured on the full test split.
 
-- ours: ``--recipe fast`` (fastnet, device-side data pipeline, one-cycle schedule whose
-  length is set so that training ends near the budget: --epochs); accuracy reported
-  plain and with flip+translate TTA.
+- ours: ``--recipe fast`` exactly as the CLI runs it: built by ``eva8_utils.experiment.build``
+  and trained by ``experiment.train`` (the same assembly, so lookahead, the frozen whitening
+  bias and everything else the recipe sets are in), with ``--epochs`` setting the length of
+  its schedule (fit it to the budget); accuracy reported plain and with flip+translate TTA.
 - original: the original assignment's recipe: ResNet18, Adam lr 0.01, batch 128,
   the classic DataLoader (per-image torchvision transforms, num_workers 0), fp32.
 
@@ -16,7 +17,6 @@ accuracy is measured on the full test split.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from common import add_data_args, classic_loader, load_images, machine, now, sync, write_json
 
 from eva8_utils.config import build_config
-from eva8_utils.data import DeviceLoader, make_loaders
-from eva8_utils.engine import (evaluate, optimizer_from_config, schedule_from_config, train_one_epoch, autocast_dtype,
-                               _autocast)
-from eva8_utils.models import create_model, model_from_config, prepare_model
+from eva8_utils.data import DeviceLoader
+from eva8_utils.engine import FitHooks, evaluate
+from eva8_utils.errors import TrainingInterrupted
+from eva8_utils.experiment import Experiment, train
+from eva8_utils.models import create_model
 from eva8_utils.utils import get_device, seed_everything
 
 
@@ -50,54 +51,68 @@ class Clock:
         return self.total + (now() - self.t0 if self.t0 is not None else 0.0)
 
 
-def run_ours(splits, device, marks, budget, epochs, seed):
-    cfg = build_config(flags=dict(recipe="fast", epochs=epochs, seed=seed, progress=False))
-    seed_everything(seed)
-    train, test = make_loaders(splits, cfg, device)
-    model = prepare_model(model_from_config(cfg, splits.num_classes, splits.image_size), train, device)
-    opt = optimizer_from_config(model, cfg)
-    sched = schedule_from_config(opt, cfg, len(train))
-    amp = autocast_dtype(device, cfg.precision)
-    clock, results, pending = Clock(device), [], list(marks)
+class MarkHooks(FitHooks):
+    """Measures the test accuracy when the training clock passes each mark; the clock stops
+    during these measurements and during fit's own per-epoch evaluation."""
 
-    def measure(label_time):
-        clock.stop()
-        plain = evaluate(model, test, device=device, amp_dtype=amp)
-        tta = evaluate(model, test, device=device, amp_dtype=amp, tta="flip_translate")
+    def __init__(self, exp, clock, marks):
+        self.exp, self.clock, self.pending, self.results = exp, clock, list(marks), []
+        self.last_step = None
+
+    def measure(self, label_time):
+        self.clock.stop()
+        exp, amp = self.exp, self.exp.precision.dtype
+        plain = evaluate(exp.model, exp.test_loader, device=exp.device, amp_dtype=amp)
+        tta = evaluate(exp.model, exp.test_loader, device=exp.device, amp_dtype=amp, tta="flip_translate")
         print(f"ours at {label_time / 60:.1f} min: {plain['test_acc']:.2f}% (TTA {tta['test_acc']:.2f}%)", flush=True)
-        clock.start()
+        self.clock.start()
         return {"minutes": round(label_time / 60, 2), "test_acc": plain["test_acc"], "test_acc_tta": tta["test_acc"]}
 
-    def on_step(_):
-        while pending and clock.elapsed() >= pending[0] * 60:
-            results.append(measure(pending.pop(0) * 60))
+    def on_step(self, epoch, batch, partial):
+        while self.pending and self.clock.elapsed() >= self.pending[0] * 60:
+            self.results.append(self.measure(self.pending.pop(0) * 60))
+        sync(self.exp.device)
+        self.last_step = now()
 
+    def on_epoch_end(self, epoch, row, history):
+        self.clock.total -= now() - self.last_step  # fit's evaluation after the epoch is not training
+        print(f"ours: epoch {epoch} done at {self.clock.elapsed() / 60:.2f} min of training", flush=True)
+
+
+def run_ours(splits, device, marks, budget, epochs, seed):
+    cfg = build_config(flags=dict(recipe="fast", epochs=epochs, seed=seed, progress=False, tta="none",
+                                  device=device.type, analysis=False))
+    exp = Experiment(cfg)
+    exp.load_data(splits)
+    exp.build_model()
+    exp.build_optimizer()
+    clock = Clock(device)
+    hooks = MarkHooks(exp, clock, marks)
     clock.start()
-    for epoch in range(1, epochs + 1):
-        if clock.elapsed() >= budget * 60:
-            break
-        train.set_epoch(epoch)
-        train_one_epoch(model, train, opt, device=device, schedule=sched, label_smoothing=cfg.label_smoothing,
-                        amp_dtype=amp, epoch=epoch, progress=False, log_every=cfg.log_every, on_step=on_step)
-        print(f"ours: epoch {epoch}/{epochs} done at {clock.elapsed() / 60:.2f} min", flush=True)
+    try:
+        train(exp, hooks=hooks, stop=lambda: clock.elapsed() >= budget * 60)
+    except TrainingInterrupted:  # the budget ran out inside the schedule
+        pass
     finished = clock.elapsed()
-    if pending:  # the run ended before these marks: its final weights stand for them
-        final = measure(finished)
-        results += [{**final, "minutes": m, "finished_at_minutes": round(finished / 60, 2)} for m in pending]
+    results = hooks.results
+    if hooks.pending:  # the run ended before these marks: its final weights stand for them
+        final = hooks.measure(finished)
+        results += [{**final, "minutes": m, "finished_at_minutes": round(finished / 60, 2)} for m in hooks.pending]
     return {"recipe": "fast", "epochs": epochs, "train_minutes": round(finished / 60, 2), "marks": results,
-            "config": {k: v for k, v in cfg.to_dict().items() if k in ("model", "batch_size", "lr", "epochs", "precision")}}
+            "config": {k: v for k, v in cfg.to_dict().items()
+                       if k in ("model", "batch_size", "lr", "epochs", "precision", "lookahead", "optimizer")}}
 
 
 def run_original(splits, device, marks, budget, seed, batch_size=128, workers=0):
     seed_everything(seed)
     model = create_model("resnet18", zero_init_residual=False).to(device)  # the original init
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    train = classic_loader(splits.x_train, splits.y_train, splits.mean, splits.std, batch_size, workers, seed=seed)
+    loader = classic_loader(splits.x_train, splits.y_train, splits.mean, splits.std, batch_size, workers, seed=seed)
     test = DeviceLoader(splits.x_test, splits.y_test, batch_size=500, mean=splits.mean, std=splits.std, device=device)
     clock, results, pending, steps = Clock(device), [], list(marks), 0
     clock.start()
     while pending:
-        for x, y in train:
+        for x, y in loader:
             x, y = x.to(device), y.to(device)
             model.train()
             loss = F.cross_entropy(model(x), y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -86,6 +87,34 @@ def classic_loader(images, labels, mean, std, batch_size: int, workers: int, tra
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, num_workers=workers,
                                        drop_last=False, generator=torch.Generator().manual_seed(seed),
                                        persistent_workers=workers > 0)
+
+
+def batches(loader, n, epoch=1):
+    """``n`` batches of ``loader``, cycling its epochs."""
+    out = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+            out += 1
+            if out >= n:
+                return
+        epoch += 1
+
+
+class Batches:
+    """``n`` batches of an iterator, moved to ``device``, with a length (what train_one_epoch wants)."""
+
+    def __init__(self, it, n, device):
+        self.it, self.n, self.device = it, n, device
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for x, y in itertools.islice(self.it, self.n):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 def median(xs):

@@ -1,6 +1,6 @@
 """Memory under load: a long run (default 200 epochs) on a tiny shapes set, peak RSS per epoch.
 
-Trains fastnet through ``fit`` with a run folder (checkpoints, history and metrics
+Trains fastnet through the CLI's assembly (``experiment.build`` / ``train``) with a run folder (checkpoints, history and metrics
 written every epoch) and records the process's current and peak RSS after each epoch.
 Memory should stay flat: nothing grows with the number of epochs but the history.
 
@@ -12,15 +12,23 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import torch
-
 from common import machine, write_json
 
-from eva8_utils.config import TrainConfig
-from eva8_utils.data import make_loaders, make_shapes
-from eva8_utils.engine import fit, optimizer_from_config, schedule_from_config
-from eva8_utils.models import model_from_config, prepare_model
+from eva8_utils.config import build_config
+from eva8_utils.engine import FitHooks
+from eva8_utils.experiment import build, train
+from eva8_utils.rundir import RunDir
 from eva8_utils.utils import current_rss_mb, peak_rss_mb
+
+
+class Track(FitHooks):
+    def __init__(self, epochs):
+        self.epochs, self.rss = epochs, {}
+
+    def on_epoch_end(self, epoch, row, history):
+        self.rss[epoch] = (round(current_rss_mb(), 1), round(peak_rss_mb(), 1))
+        if epoch in (1, 10, 50, 100, 150, 200) or epoch == self.epochs:
+            print(f"epoch {epoch}: RSS {self.rss[epoch][0]} MiB, peak {self.rss[epoch][1]} MiB", flush=True)
 
 
 def main() -> None:
@@ -30,23 +38,14 @@ def main() -> None:
     p.add_argument("--test", type=int, default=64)
     p.add_argument("--out", default="benchmarks/out/long_run_memory.json")
     args = p.parse_args()
-    cfg = TrainConfig(dataset="shapes", model="fastnet", width=0.5, epochs=args.epochs, batch_size=64,
-                      shapes_train=args.train, shapes_test=args.test, progress=False, tta="none")
-    device = torch.device("cpu")
-    splits = make_shapes(args.train, args.test, seed=0)
-    train, test = make_loaders(splits, cfg, device)
-    model = prepare_model(model_from_config(cfg, 10), train, device)
-    opt = optimizer_from_config(model, cfg)
-    rss = {}
-
-    def track(epoch, _):
-        rss[epoch] = (round(current_rss_mb(), 1), round(peak_rss_mb(), 1))
-        if epoch in (1, 10, 50, 100, 150, 200) or epoch == args.epochs:
-            print(f"epoch {epoch}: RSS {rss[epoch][0]} MiB, peak {rss[epoch][1]} MiB", flush=True)
-
     with tempfile.TemporaryDirectory() as run_dir:
-        fit(model, train, test, opt, schedule_from_config(opt, cfg, len(train)), cfg, device=device,
-            run_dir=run_dir, on_epoch_end=track)
+        cfg = build_config(flags=dict(dataset="shapes", model="fastnet", width=0.5, epochs=args.epochs, batch_size=64,
+                                      shapes_train=args.train, shapes_test=args.test, progress=False, tta="none",
+                                      device="cpu", analysis=False, out=run_dir, checkpoint_minutes=0.0))
+        exp = build(cfg)
+        track = Track(args.epochs)
+        train(exp, RunDir(run_dir), hooks=track)
+    device, rss = exp.device, track.rss
     e10, elast = rss[min(10, args.epochs)], rss[args.epochs]
     result = {"benchmark": "long_run_memory", "machine": machine(device), "epochs": args.epochs,
               "rss_mb_at_epoch_10": e10[0], f"rss_mb_at_epoch_{args.epochs}": elast[0],

@@ -5,7 +5,7 @@
   train/eval mode and its parameters' ``.grad`` are restored, inputs are not
   modified, and any device works (CPU included).
 - :func:`default_cam_layer`: the model's preferred layer if its map is at least
-  ``min_size`` pixels, else the deepest module whose output map is.
+  ``min_size`` (7) pixels, else the deepest module whose output map is.
 - :func:`pointing_game`: the fraction of images whose CAM maximum falls inside the
   object's box (shapes dataset); :func:`cam_pointing_game` runs it on a model next to
   three baselines (a random point, the image centre, the CAM of a wrong class).
@@ -89,7 +89,7 @@ def layer_output_sizes(model: nn.Module, image_size: int | tuple[int, int] = 32,
     return sizes
 
 
-def default_cam_layer(model: nn.Module, image_size: int = 32, min_size: int = 8,
+def default_cam_layer(model: nn.Module, image_size: int = 32, min_size: int = 7,
                       preferred: str | None = None) -> str:
     """The layer CAMs use by default.
 

@@ -87,8 +87,8 @@ class TrainConfig:
                            group="augmentation")
     pad_mode: str = _f("zeros", "padding for the random crop (zeros = the dataset mean)", choices=PAD_MODES,
                        group="augmentation")
-    flip: str = _f("random", "horizontal flip: random (p=0.5 per sample and epoch), alternate (a random half "
-                             "once, then every image mirrored on alternate epochs, as airbench94) or none",
+    flip: str = _f("random", "horizontal flip (random: p=0.5 per sample and epoch; alternate: a random half once, "
+                             "then every image mirrored on alternate epochs, as airbench94)",
                    choices=FLIP_MODES, group="augmentation")
     cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)", group="augmentation")
     cutout_p: float = _f(1.0, "probability of applying cutout to a sample", group="augmentation")
@@ -117,7 +117,7 @@ class TrainConfig:
     dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)", group="model")
     width: float = _f(1.0, "channel width multiplier (fastnet)", group="model")
     whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias (at the base LR) for N epochs, then freeze "
-                                    "it; 0 = all run", group="model")
+                                    "it; 0 = all run (models without a whitening layer ignore it)", group="model")
 
     # --- optimisation -------------------------------------------------------------------
     epochs: int = _f(20, "number of training epochs", group="optimisation")
@@ -195,7 +195,7 @@ class TrainConfig:
                                     "accuracy", choices=TTA_MODES, group="analysis")
     analysis: bool = _f(True, "after training, write the pictures, report.md and CAM metrics", group="analysis")
     cam_method: str = _f("gradcam", "class-activation-map method", registry="cam_methods", group="analysis")
-    cam_layer: str = _f("", "dotted module name for CAMs; '' = the model's default (a layer of at least 8x8)",
+    cam_layer: str = _f("", "dotted module name for CAMs; '' = the model's default (a layer of at least 7x7)",
                         group="analysis")
     cam_smooth: str = _f("none", "CAM smoothing", choices=CAM_SMOOTH, group="analysis")
     num_images: int = _f(10, "misclassified images (and their CAMs) to show", group="analysis")

@@ -635,9 +635,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     batches = loader.iterate(start) if start else iter(loader)
 
     def snapshot() -> dict:
-        return {"batch": batch, "seen": seen, "loss_sum": loss_sum.detach().cpu(),
-                "correct": correct.detach().cpu(), "l1_sum": l1_sum.detach().cpu(), "lrs": list(lrs),
-                "step_losses": [float(v) for v in step_losses]}
+        # copies (on the CPU .cpu() would alias the live accumulators)
+        return {"batch": batch, "seen": seen, "loss_sum": loss_sum.detach().to("cpu", copy=True),
+                "correct": correct.detach().to("cpu", copy=True), "l1_sum": l1_sum.detach().to("cpu", copy=True),
+                "lrs": list(lrs), "step_losses": [float(v) for v in step_losses]}
 
     try:
         for batch, (x, y) in enumerate(batches, start + 1):
@@ -845,6 +846,29 @@ class FitHooks:
 
     def on_warning(self, text: str) -> None:
         """A warning worth keeping (e.g. divergence), said once."""
+
+
+class HookList(FitHooks):
+    """Several :class:`FitHooks` called in order."""
+
+    def __init__(self, *hooks: FitHooks | None):
+        self.hooks = [h for h in hooks if h is not None]
+
+    def on_epoch_start(self, epoch):
+        for h in self.hooks:
+            h.on_epoch_start(epoch)
+
+    def on_step(self, epoch, batch, partial):
+        for h in self.hooks:
+            h.on_step(epoch, batch, partial)
+
+    def on_epoch_end(self, epoch, row, history):
+        for h in self.hooks:
+            h.on_epoch_end(epoch, row, history)
+
+    def on_warning(self, text):
+        for h in self.hooks:
+            h.on_warning(text)
 
 
 def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Optimizer,

@@ -31,7 +31,7 @@ from . import __version__
 from . import distributed as D
 from .config import TrainConfig, field_meta, field_names, one_of
 from .data import DATASETS, DeviceLoader, Splits, load_dataset, make_loaders
-from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceMonitor, Lookahead, Schedule,
+from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceMonitor, HookList, Lookahead, Schedule,
                      choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
 from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
@@ -136,15 +136,16 @@ class Experiment:
         self.start_epoch, self.partial, self.history, self.resumed_from = 0, None, None, None
 
     # ------------------------------------------------------------------ stages
-    def load_data(self) -> Splits:
-        """Load the dataset and make the device loaders; refuse data that cannot train.
+    def load_data(self, splits: Splits | None = None) -> Splits:
+        """Load the dataset (or take ``splits``: your own arrays) and make the device loaders;
+        refuse data that cannot train.
 
         Raises:
             DataError / ConfigError: fewer than 2 classes, a batch larger than the training
                 split (per rank), a crop or cutout larger than the images, ...
         """
         cfg = self.cfg
-        splits = load_dataset(cfg)
+        splits = load_dataset(cfg) if splits is None else splits
         size, n_train = splits.image_size, len(splits.y_train)
         present = len(set(splits.y_train.tolist()))
         if splits.num_classes < 2 or present < 2:
@@ -247,7 +248,7 @@ class Experiment:
 
     @property
     def cam_layer(self) -> str:
-        """The CAM layer: ``cam_layer`` from the config, else the model's default (>= 8x8)."""
+        """The CAM layer: ``cam_layer`` from the config, else the model's default (>= 7x7)."""
         from .cam import default_cam_layer
 
         preferred = self.spec.cam_layer if self.spec is not None else None
@@ -319,8 +320,9 @@ def build(cfg: TrainConfig, *, device: torch.device | str | None = None, model: 
     return exp
 
 
-def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Train an assembled experiment, saving into ``run`` (a :class:`~eva8_utils.rundir.RunDir`) if given.
+def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None, hooks=None) -> dict[str, Any]:
+    """Train an assembled experiment, saving into ``run`` (a :class:`~eva8_utils.rundir.RunDir`) if given;
+    ``hooks`` (:class:`~eva8_utils.engine.FitHooks`) are called too (after the run's).
 
     A run being resumed is restored from its checkpoint first (at the exact batch when the
     checkpoint was taken inside an epoch). A finished run is not trained again: its saved
@@ -331,7 +333,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None) -> 
     """
     cfg = exp.cfg
     exp._need("optimizer", "build_optimizer")
-    if run is not None and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
+    if run is not None and not cfg.overwrite and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
         return _load_finished(exp, run)
     if run is not None:
         if run.resuming and exp.resumed_from is None:
@@ -349,7 +351,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None) -> 
                  label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
                  grad_clip_mode=cfg.grad_clip_mode, lookahead=exp.lookahead, ema=exp.ema, tta=cfg.tta, seed=cfg.seed,
                  start_epoch=exp.start_epoch, partial=exp.partial, history=history,
-                 hooks=run.hooks(exp) if run is not None else None, stop=stop, progress=cfg.progress,
+                 hooks=HookList(run.hooks(exp) if run is not None else None, hooks), stop=stop, progress=cfg.progress,
                  log_every=cfg.log_every, num_classes=exp.splits.num_classes, monitor=exp.monitor)
     exp.start_epoch, exp.partial, exp.history = cfg.epochs, None, result["history"]
     if run is not None:

@@ -110,6 +110,31 @@ def add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = N
             g.add_argument(flag(name), dest=name, type=type(default), nargs=nargs, help=field_help(name))
 
 
+def flag_table() -> str:
+    """The README's table of every training flag, by group (one source: the TrainConfig fields)."""
+    from .experiment import choices
+
+    defaults = TrainConfig()
+    lines = []
+    for group in GROUPS:
+        lines += [f"**{group}**", "", "| flag | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(TrainConfig):
+            meta = field_meta(f.name)
+            if meta["group"] != group:
+                continue
+            default = getattr(defaults, f.name)
+            name = "--import MODULE" if f.name == "imports" else flag(f.name)
+            if f.name == "lr":
+                name += ", --max-lr"
+            elif isinstance(default, bool):
+                name += f", --no-{flag(f.name)[2:]}"
+            listed = choices(f.name)
+            text = meta["help"] + (": " + " \\| ".join(listed) if listed else "")
+            lines.append(f"| `{name}` | {default!r} | {text} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The training CLI: one flag per TrainConfig field (``--batch-size`` for batch_size)."""
     subs = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items())

@@ -14,7 +14,6 @@ Python: :func:`predict_images`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn as nn
 from .checkpoint import load_model
 from .data import IMAGE_EXTENSIONS, decode_image
 from .errors import ConfigError, DataError
-from .utils import atomic_write_bytes, atomic_write_text, get_device, normalize
+from .utils import atomic_write_text, get_device, normalize
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -51,7 +50,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
             raise DataError(f"{p} does not exist; give image files or folders")
     if not files:
         raise DataError("no images given; name image files or folders")
-    return files
+    return list(dict.fromkeys(files))  # a file named twice (also through its folder) is classified once
 
 
 def _resolve(model_or_checkpoint, classes, mean, std, image_size, device):
@@ -87,7 +86,7 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
         topk: how many classes per image.
         device: where to run (default: the best available).
         cam: also compute a CAM for each image's top class (``cam_method`` at
-            ``cam_layer``, default: the model's layer of at least 8x8).
+            ``cam_layer``, default: the model's layer of at least 7x7).
 
     Returns:
         One dict per image: ``file``, ``top`` (list of (class, probability), best first),
@@ -149,6 +148,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def predict_cli(argv: Sequence[str]) -> int:
     from .main import Parser
+    from .rundir import save_figure
     from .viz import plot_cam_overlay
 
     p = Parser(prog="eva8 predict", description="Classify image files or folders with a trained checkpoint: "
@@ -168,20 +168,19 @@ def predict_cli(argv: Sequence[str]) -> int:
                           cam_method=a.cam_method, cam_layer=a.cam_layer)
     out = Path(a.out)
     # Everything is computed: now write (atomically, file by file).
-    pngs = {}
+    figures = {}
     if a.cam:
         names: dict[str, int] = {}
         for r in rows:
             stem = Path(r["file"]).stem
             names[stem] = names.get(stem, 0) + 1
             name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"
-            fig = plot_cam_overlay(r["image"], r["cam"], f"{r['top'][0][0]} {r['top'][0][1]:.2f}")
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            pngs[out / "cam" / f"{name}.png"] = buf.getvalue()
+            figures[out / "cam" / f"{name}.png"] = plot_cam_overlay(r["image"], r["cam"],
+                                                                    f"{r['top'][0][0]} {r['top'][0][1]:.2f}")
     atomic_write_text(out / "predictions.csv", predictions_csv(rows))
-    for path, data in pngs.items():
-        atomic_write_bytes(path, data)
+    for path, fig in figures.items():
+        save_figure(fig, path)
+    pngs = figures
     print(table(rows))
     print(f"wrote {out / 'predictions.csv'}" + (f" and {len(pngs)} CAM overlays in {out / 'cam'}" if pngs else ""))
     return 0

@@ -66,6 +66,7 @@ class RunDir:
         self.metrics: dict[str, Any] = {}
         self.resuming = False
         self.started = False
+        self.mode = "new run"              # or: starting over, resuming, finished: showing it (open_for)
         self._writer = None                # TensorBoard SummaryWriter (lazily)
         self._log_handlers = False
 
@@ -155,6 +156,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"RUN_DIR {self.path} is a file; give a folder")
         if overwrite or not self.holds_run():
+            self.mode = "starting over (OVERWRITE)" if overwrite and self.holds_run() else "new run"
             return cfg.replace(overwrite=overwrite and self.holds_run(), resume=False, out=str(self.path))
         saved = self.saved_config()
         if saved is None:
@@ -166,8 +168,11 @@ class RunDir:
                               f"OVERWRITE = True to replace it, or choose another RUN_DIR")
         if not self.finished:
             if not self.has_checkpoint():
+                self.mode = "new run (the folder held no checkpoint)"
                 return cfg.replace(overwrite=True, resume=False, out=str(self.path))  # nothing worth keeping
-            self.resuming = True
+            self.resuming, self.mode = True, "resuming"
+        else:
+            self.mode = "finished: showing it"
         from .config import build_config
 
         keep = {k: getattr(cfg, k) for k in ("progress", "device", "data_dir", "cache_dir", "log_every")}
@@ -327,10 +332,7 @@ class RunDir:
         """images/NAME.png (and the TensorBoard image, with --tensorboard); the Figure is kept."""
         path = self.path / "images" / f"{name}.png"
         if D.is_main():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            fig.savefig(tmp, dpi=dpi)
-            tmp.replace(path)
+            save_figure(fig, path, dpi)
             if self.tensorboard is not None:
                 self.tensorboard.add_figure(f"images/{name}", fig, close=False)
         return path
@@ -524,6 +526,16 @@ def report_markdown(run_dir: Path, cfg: TrainConfig, metrics: dict[str, Any], cl
     return "\n".join(lines) + "\n"
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a Figure as PNG atomically (the one place the package saves a picture)."""
+    from .utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return path
+
+
 def make_summary_writer(log_dir: Path | None):
     """A TensorBoard SummaryWriter (None: only check that TensorBoard is installed)."""
     try:
@@ -553,5 +565,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["RunDir", "RunHooks", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
+__all__ = ["RunDir", "RunHooks", "save_figure", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
            "config_differences", "default_run_dir", "new_history"]

@@ -136,11 +136,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 # ---------------------------------------------------------------------------------------
 # Logging: the library logs; entry points decide where it goes.
 # ---------------------------------------------------------------------------------------

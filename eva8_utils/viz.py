@@ -289,3 +289,29 @@ def plot_cam_overlay(image: np.ndarray, cam: np.ndarray, title: str = "", alpha:
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def plot_compare(histories: Sequence[dict], labels: Sequence[str]) -> Figure:
+    """Test loss and accuracy (top) and training loss and accuracy (bottom) of several runs
+    against epochs, one line per run (runs may have different lengths).
+
+    Args:
+        histories: dicts with lists ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``.
+        labels: one name per run.
+    """
+    if len(histories) != len(labels):
+        raise ValueError(f"{len(histories)} histories but {len(labels)} labels")
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    axs = fig.subplots(2, 2)
+    panels = [("test_loss", "Test Loss", "loss"), ("test_acc", "Test Accuracy", "accuracy (%)"),
+              ("train_loss", "Training Loss", "loss"), ("train_acc", "Training Accuracy", "accuracy (%)")]
+    for ax, (key, title, ylabel) in zip(axs.ravel(), panels):
+        for h, label in zip(histories, labels):
+            ax.plot(h["epoch"], h[key], marker="o", ms=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axs[0, 1].legend()
+    return fig

@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from eva8_utils import augment as A
@@ -118,3 +120,108 @@ def test_affine_with_neutral_parameters_is_identity_and_shift_moves_content():
     shifted = A.affine(x, mask, torch.full((2,), 2 / 16), zeros, ones, zeros)  # 2 pixels right
     assert torch.allclose(shifted[:, :, :, 2:], x[:, :, :, :-2], atol=1e-2)
     assert torch.equal(shifted[:, :, :, :2], torch.zeros_like(shifted[:, :, :, :2]))
+
+
+# --------------------------------------------------------------------------- x/y wiring and uniformity
+def test_sampled_crop_and_cutout_cover_each_axis_uniformly_on_a_non_square_image():
+    aug = A.AugmentConfig(crop_padding=4, cutout=8)
+    n = 40_000
+    p = A.sample_params(n, aug, (16, 40), torch.Generator().manual_seed(0))
+    for key, size in (("crop_y", 9), ("crop_x", 9), ("cut_y", 16), ("cut_x", 40)):
+        counts = torch.bincount(p[key], minlength=size)
+        assert len(counts) == size, key                      # never outside its own axis' range
+        expected = n / size
+        assert ((counts - expected).abs() / expected).max() < 0.12, key  # uniform
+    # the two axes are drawn independently (not one value used twice)
+    assert not torch.equal(p["crop_y"], p["crop_x"])
+    assert abs(torch.corrcoef(torch.stack([p["crop_y"].float(), p["crop_x"].float()]))[0, 1]) < 0.03
+
+
+def test_the_pipeline_applies_y_to_rows_and_x_to_columns():
+    h, w, pad = 12, 20, 3
+    x = torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w) + 1  # no zeros: padding shows as 0
+    aug = A.AugmentConfig(crop_padding=pad, cutout=4, flip="none")
+    params = {"crop_y": torch.tensor([0, 5]), "crop_x": torch.tensor([6, 1]),
+              "cutout": torch.tensor([True, True]), "cut_y": torch.tensor([2, 9]), "cut_x": torch.tensor([15, 3])}
+    out = A.apply_geometric(x.clone(), params, aug)
+    for b in range(2):
+        dy, dx = int(params["crop_y"][b]) - pad, int(params["crop_x"][b]) - pad
+        cy, cx = int(params["cut_y"][b]), int(params["cut_x"][b])
+        for i in range(h):
+            for j in range(w):
+                in_cut = cy - 2 <= i < cy + 2 and cx - 2 <= j < cx + 2
+                si, sj = i + dy, j + dx
+                expect = 0.0 if in_cut or not (0 <= si < h and 0 <= sj < w) else float(x[b, 0, si, sj])
+                assert float(out[b, 0, i, j]) == expect, (b, i, j)
+
+
+def test_cutout_covers_rows_and_columns_as_often_as_its_centres_say():
+    n, h, w, size = 4000, 16, 24, 6
+    g = torch.Generator().manual_seed(1)
+    cy, cx = torch.randint(0, h, (n,), generator=g), torch.randint(0, w, (n,), generator=g)
+    m = A.cutout_mask((n, 1, h, w), size, cy, cx, torch.ones(n, dtype=torch.bool)).float().mean(0)[0]
+    # a pixel (i, j) is covered when cy - 3 <= i < cy + 3 and likewise for columns
+    rows = torch.tensor([sum(1 for c in range(h) if c - 3 <= i < c + 3) / h for i in range(h)])
+    cols = torch.tensor([sum(1 for c in range(w) if c - 3 <= j < c + 3) / w for j in range(w)])
+    assert torch.allclose(m, rows[:, None] * cols[None, :], atol=0.03)
+
+
+# --------------------------------------------------------------------------- MixUp / CutMix
+def _mix(kind, lam=0.7, box=(2, 6, 3, 9)):
+    y0, y1, x0, x1 = box
+    return {"apply": True, "cutmix": kind == "cutmix", "lam": lam, "y0": y0, "y1": y1, "x0": x0, "x1": x1}
+
+
+def test_mixup_blends_each_image_with_its_neighbour_and_the_label_mass_sums_to_one():
+    x = torch.rand(4, 3, 8, 12)
+    y = torch.tensor([0, 2, 2, 1])
+    xm, t = A.mix_batch(x, y, 3, _mix("mixup", lam=0.7))
+    assert torch.allclose(xm, 0.7 * x + 0.3 * x.roll(1, 0))
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert t[0].tolist() == pytest.approx([0.7, 0.3, 0.0])  # its own class 0, its partner (sample 3) class 1
+    assert t[2].tolist() == pytest.approx([0.0, 0.0, 1.0])  # partner has the same class
+
+
+def test_cutmix_pastes_a_box_whose_area_matches_lambda():
+    x, y = torch.rand(4, 3, 8, 12), torch.tensor([0, 1, 2, 3])
+    box = (2, 6, 3, 9)  # 4 x 6 of 8 x 12
+    lam = 1 - (4 * 6) / (8 * 12)
+    xm, t = A.mix_batch(x, y, 4, _mix("cutmix", lam=lam, box=box))
+    from_partner = (xm == x.roll(1, 0)).all(1) & (xm != x).any(1)
+    assert from_partner.float().mean(dim=(1, 2)).tolist() == pytest.approx([1 - lam] * 4)
+    assert torch.equal(xm[:, :, 2:6, 3:9], x.roll(1, 0)[:, :, 2:6, 3:9])
+    assert torch.allclose(t.sum(1), torch.ones(4)) and t[1, 1] == pytest.approx(lam) and t[1, 0] == pytest.approx(1 - lam)
+
+
+def test_mix_parameters_repeat_with_the_seed_and_lambda_matches_the_box():
+    aug = A.AugmentConfig(mixup=1.0, cutmix=1.0, mix_p=0.8)
+    a = A.sample_mix_params(2000, aug, (16, 24), seed=5)
+    b = A.sample_mix_params(2000, aug, (16, 24), seed=5)
+    c = A.sample_mix_params(2000, aug, (16, 24), seed=6)
+    assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["lam"], c["lam"])
+    assert 0.75 < a["apply"].mean() < 0.85 and 0.35 < a["cutmix"].mean() < 0.45   # 0.8 x 0.5
+    cut = a["cutmix"]
+    area = (a["y1"] - a["y0"]) * (a["x1"] - a["x0"]) / (16 * 24)
+    assert np.allclose(a["lam"][cut], 1 - area[cut])                               # lambda is the real area
+    assert (a["lam"][~a["apply"]] == 1).all()
+    mixed = a["apply"] & ~a["cutmix"]
+    assert 0.45 < a["lam"][mixed].mean() < 0.55                                    # Beta(1, 1)
+
+
+def test_the_loader_yields_soft_targets_when_mixing():
+    from eva8_utils.data import DeviceLoader, make_shapes
+
+    s = make_shapes(64, 8, seed=0)
+    aug = A.AugmentConfig(cutmix=1.0)
+
+    def batches():
+        ld = DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug, seed=2,
+                          num_classes=10)
+        ld.set_epoch(1)
+        return list(ld)
+
+    first, again = batches(), batches()
+    for (x, t), (x2, t2) in zip(first, again):
+        assert t.shape == (16, 10) and torch.allclose(t.sum(1), torch.ones(16))
+        assert torch.equal(x, x2) and torch.equal(t, t2)
+    assert any((t.max(1).values < 1).any() for _, t in first)

@@ -8,7 +8,7 @@ from eva8_utils.errors import ConfigError
 from eva8_utils.main import config_from_args, main
 
 SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--model", "fastnet",
-          "--no-progress"]
+          "--batch-size", "32", "--no-progress"]
 
 
 def _img(path, size=(8, 8)):
@@ -32,13 +32,21 @@ def _folder(root, *, test=True, empty_class=False, mixed=False, corrupt=False, t
 
 CASES = [
     (["--model", "resnet19"], "--model 'resnet19' is not valid; choose one of: custom_resnet, fastnet, resnet18"),
-    (["--optimizer", "rmsprop"], "--optimizer 'rmsprop' is not valid; choose one of: adam, adamw, sgd"),
-    (["--scheduler", "linear"], "choose one of: cosine, exponential, none, onecycle, plateau, step"),
+    (["--optimizer", "rmsprop"], "--optimizer 'rmsprop' is not valid; choose one of: adam, adamw, muon, sgd"),
+    (["--scheduler", "triangle"], "choose one of: cosine, exponential, linear, none, onecycle, plateau, step"),
     (["--dataset", "imagenet"], "choose one of: cifar10, folder, shapes"),
     (["--cam-method", "gradcam3"], "choose one of: eigencam, gradcam, gradcam++, layercam, scorecam, xgradcam"),
     (["--cam-smooth", "blur"], "choose one of: aug, eigen, none"),
     (["--norm", "instance"], "choose one of: batch, group, layer"),
-    (["--recipe", "turbo"], "invalid choice: 'turbo'"),
+    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, resnet18"),
+    (["--flip", "sideways"], "--flip 'sideways' is not valid; choose one of: alternate, none, random"),
+    (["--ema", "1.5"], "--ema must be 0 (off) or a decay in (0, 1)"),
+    (["--mixup", "-1"], "--mixup must be >= 0"),
+    (["--mix-p", "2"], "--mix-p must be a probability in [0, 1]"),
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
+    (["--import", "no_such_module_xyz"], "--import no_such_module_xyz: cannot import it (ModuleNotFoundError"),
+    (["--model", "no_such_module_xyz:Net"], "cannot import it (ModuleNotFoundError: No module named 'no_such_module_xyz')"),
+    (SHAPES + ["--batch-size", "100000"], "--batch-size 100000 is larger than the 64 training images; use at most 64"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
@@ -53,8 +61,8 @@ CASES = [
     (["--resume", "--overwrite", "--out", "x"], "contradict"),
     (SHAPES + ["--cutout", "40"], "--cutout 40 is larger than the 32x32 images"),
     (SHAPES + ["--cam-layer", "block9"], "--cam-layer 'block9' is not a layer of this model; valid names include: whiten"),
-    (SHAPES[:-3] + ["--model", "vit_tiny", "--norm", "group"], "--norm group is not supported by vit_tiny"),
-    (SHAPES[:-3] + ["--model", "resnet18", "--norm", "group", "--groups", "7"], "--groups 7 does not divide"),
+    (SHAPES + ["--model", "vit_tiny", "--norm", "group"], "--norm group is not supported by vit_tiny"),
+    (SHAPES + ["--model", "resnet18", "--norm", "group", "--groups", "7"], "--groups 7 does not divide"),
     (SHAPES + ["--width", "0.5", "--model", "resnet18"], "--width 0.5 is not supported by resnet18"),
     (["--dataset", "folder", "--data-dir", "does/not/exist"], "--data-dir does/not/exist does not exist"),
 ]
@@ -125,10 +133,56 @@ def test_defaults_are_the_assignment():
 
 
 def test_config_validation_names_the_valid_choices():
+    from eva8_utils.experiment import check_names
+
     with pytest.raises(ConfigError, match="choose one of: custom_resnet, fastnet, resnet18, resnet34, vit_tiny"):
-        TrainConfig(model="nope").validate()
+        check_names(TrainConfig(model="nope"))
     with pytest.raises(ConfigError, match="unknown setting"):
         build_config(flags={"epochz": 1})
+    with pytest.raises(ConfigError, match="--precision 'fp8' is not valid; choose one of: auto, bf16, fp16, fp32"):
+        TrainConfig(precision="fp8").validate()
+
+
+def test_config_is_plain_data_above_nothing():
+    """config.py imports nothing from the modules it configures (no import loop)."""
+    import ast
+
+    from conftest import ROOT
+
+    tree = ast.parse((ROOT / "eva8_utils" / "config.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+    assert imported == {"errors"}
+
+
+def test_every_choice_list_has_one_source():
+    """The help text, the validation and the implementations use the same lists."""
+    from eva8_utils.config import NORMS, TTA_MODES
+    from eva8_utils.experiment import choices
+    from eva8_utils.main import field_help
+
+    assert choices("norm") == list(NORMS) and choices("tta") == list(TTA_MODES)
+    assert "muon" in choices("optimizer") and "muon" in field_help("optimizer")
+    assert "linear" in field_help("scheduler") and "fp16" in field_help("precision")
+    from eva8_utils.models import register_model, MODELS
+
+    register_model("help_probe_net", lambda num_classes=10: None)
+    try:
+        assert "help_probe_net" in field_help("model")  # asked of the registry, not a copy
+    finally:
+        MODELS.pop("help_probe_net")
+
+
+def test_a_dataset_with_one_class_is_refused(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "one"
+    for split in ("train", "test"):
+        for i in range(4):
+            _img(root / split / "only" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    code = main(["--dataset", "folder", "--data-dir", str(root), "--cache-dir", "off", "--model", "fastnet",
+                 "--batch-size", "2", "--cutout", "4", "--crop-padding", "1", "--out", "run1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has 1 class(es) in its training split; a classifier needs at least 2" in err
+    assert "\n" not in err and not (tmp_path / "run1").exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")

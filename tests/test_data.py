@@ -243,7 +243,7 @@ def test_folder_cache_is_reused_and_invalidated_by_changes(tmp_path, monkeypatch
     def no_decode(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(D, "_decode", no_decode)
+    monkeypatch.setattr(D, "decode_image", no_decode)
     second = D.load_folder(root, cache_dir=cache)
     assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.y_test, second.y_test)
     monkeypatch.undo()
@@ -286,3 +286,16 @@ def test_offline_cifar10_is_one_clear_line(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg
     assert "could not get CIFAR-10" in msg and "--dataset folder" in msg and "--dataset shapes" in msg
+    assert not (tmp_path / "data").exists()  # no empty ./data left behind
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+
+    def half_download(url, download_root, *a, **k):
+        (mine / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        offline()
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", half_download)
+    with pytest.raises(DataError):
+        D.load_cifar10(mine)
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]  # an existing folder keeps only what it had

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from eva8_utils import engine as E
 from eva8_utils.data import DeviceLoader
-from eva8_utils.lr_finder import lr_range_test
+from eva8_utils.lr_finder import lr_range_test, suggest_lr
 
 # Schedule tests step schedulers without optimizer steps on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
@@ -202,16 +203,30 @@ def test_bias_lr_scale_splits_parameter_groups():
     assert len(g1["params"]) == 3 and g1["lr"] == pytest.approx(1.0) and g1["weight_decay"] == pytest.approx(1e-3)
 
 
-def test_tta_flip_averages_the_mirror():
-    model = Linear().eval()
-    x = torch.randn(3, 3, 4, 4)
+def test_tta_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(3, 3, 6, 6)
     with torch.no_grad():
-        out = E.tta_logits(model, x, "flip")
-        assert torch.allclose(out, 0.5 * model(x) + 0.5 * model(x.flip(-1)))
-        assert E.tta_logits(model, x, "flip_translate").shape == (3, 5)
+        assert torch.equal(E.tta_logits(model, x, "none"), model(x))
+        flip = 0.5 * model(x) + 0.5 * model(x.flip(-1))
+        assert torch.allclose(E.tta_logits(model, x, "flip"), flip)
+        # by hand: reflect-pad by one pixel, take the up-left and the down-right shifted crops
+        p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = p[..., 0:6, 0:6], p[..., 2:8, 2:8]
+        assert torch.equal(up_left[..., 1:, 1:], x[..., :-1, :-1])       # content moved down-right by one
+        assert torch.equal(down_right[..., :-1, :-1], x[..., 1:, 1:])    # content moved up-left by one
+        views = [0.5 * model(v) + 0.5 * model(v.flip(-1)) for v in (up_left, down_right)]
+        expected = 0.5 * flip + 0.5 * (views[0] + views[1]) / 2
+        got = E.tta_logits(model, x, "flip_translate")
+        assert torch.allclose(got, expected, atol=1e-6)
+        # the translated views matter: dropping them changes the result
+        assert not torch.allclose(got, flip, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown TTA mode"):
+        E.tta_logits(model, x, "rotate")
 
 
-def test_lr_finder_restores_weights_bit_for_bit_and_suggests_inside_the_sweep():
+def test_lr_finder_restores_weights_bit_for_bit_and_suggests_on_the_descent():
     torch.manual_seed(0)
     x, y = _data(256)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5))
@@ -220,16 +235,49 @@ def test_lr_finder_restores_weights_bit_for_bit_and_suggests_inside_the_sweep():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = opt.state_dict()
     rng = torch.get_rng_state()
-    lrs, losses, suggestion = lr_range_test(model, loader, opt, device=torch.device("cpu"), start_lr=1e-4,
-                                            end_lr=100, num_iter=60)
+    res = lr_range_test(model, loader, opt, device=torch.device("cpu"), start_lr=1e-4, end_lr=100, num_iter=60)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert opt.param_groups[0]["lr"] == 0.05 and opt.state_dict()["state"] == opt_before["state"]
     assert torch.equal(torch.get_rng_state(), rng)
+    lrs, losses = res.lrs, res.losses
     assert lrs[0] == pytest.approx(1e-4) and all(a < b for a, b in zip(lrs, lrs[1:]))
-    assert lrs[0] <= suggestion <= lrs[-1]
-    assert len(lrs) < 60 or max(losses) > 2 * min(losses)  # it diverged or swept everything
     assert all(math.isfinite(v) for v in losses)
+    # a real tiny run descends: the suggestion lies strictly inside the sweep, where the loss is falling
+    assert res.suggestion is not None and lrs[0] < res.suggestion < lrs[-1]
+    i = lrs.index(res.suggestion)
+    assert i < int(np.argmin(losses)) and losses[i + 1] < losses[i - 1]
+    assert "suggested LR" in res.describe()
+
+
+def _curve(kind, n=100):
+    """Synthetic smoothed-loss curves over an LR sweep 1e-6..10 (log-spaced)."""
+    lrs = np.logspace(-6, 1, n)
+    t = np.log10(lrs)
+    if kind == "u":             # flat, a descent centred at 1e-2, then divergence
+        loss = 2.3 - 1.5 / (1 + np.exp(-(t + 2) * 4)) + np.where(t > -0.5, (t + 0.5) ** 2 * 3, 0)
+    elif kind == "flat_then_dip":  # flat for most of the sweep, a dip near 0.2 (the reported case)
+        loss = 2.3 - 0.8 * np.exp(-((t - np.log10(0.2)) ** 2) / 0.05)
+    elif kind == "early_minimum":  # lowest at the start, then only rising
+        loss = 2.0 + 0.3 * (t + 6)
+    else:                       # no descent: flat with a little wobble
+        loss = 2.3 + 0.001 * np.sin(t * 7)
+    return lrs.tolist(), loss.tolist()
+
+
+def test_lr_suggestion_on_known_curves():
+    lrs, losses = _curve("u")
+    s, note = suggest_lr(lrs, losses)
+    assert 10 ** -2.3 < s < 10 ** -1.7 and note == ""   # the steepest point of the descent (1e-2)
+    lrs, losses = _curve("flat_then_dip")
+    s, note = suggest_lr(lrs, losses)
+    assert 0.05 < s < 0.2 and s != lrs[0]               # on the way down to the dip, never the first LR
+    for kind in ("early_minimum", "none"):
+        lrs, losses = _curve(kind)
+        s, note = suggest_lr(lrs, losses)
+        assert s is None and note, kind                 # no descent: no suggestion, and why
+    assert "lowest at the start" in suggest_lr(*_curve("early_minimum"))[1]
+    assert "never fell 2% below its start" in suggest_lr(*_curve("none"))[1]
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 7])
@@ -275,22 +323,213 @@ def test_every_registered_model_trains_with_the_engine(name):
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
-def test_fit_leaves_a_finished_run_folder_for_notebook_users(tmp_path):
-    """fit alone (no CLI) must not leave metrics.json saying "running" once training is over."""
-    import json
+def _tiny_fit_setup(n=48, seed=0, dropout=False):
+    """Fixed data; ``seed`` only changes the model's initial weights."""
+    torch.manual_seed(seed)
+    x, y = _data(n=n + 16, seed=0)
+    train = DeviceLoader(x[:n], y[:n], batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=3)
+    test = DeviceLoader(x[n:], y[n:], batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Dropout(0.3) if dropout else nn.Identity(), nn.Linear(32, 5))
+    opt = E.make_optimizer(model, "sgd", lr=0.05)
+    sched = E.Schedule(opt, "onecycle", epochs=3, steps_per_epoch=len(train))
+    return model, train, test, opt, sched
 
-    from eva8_utils.config import TrainConfig
 
+class _Recorder(E.FitHooks):
+    def __init__(self, grab_at=None, objects=None):
+        self.rows, self.starts, self.grab_at, self.grabbed, self.objects = [], [], grab_at, None, objects
+
+    def on_epoch_start(self, epoch):
+        self.starts.append(epoch)
+
+    def on_step(self, epoch, batch, partial):
+        if (epoch, batch) == self.grab_at:
+            model, opt, sched = self.objects
+            self.grabbed = {"partial": partial(), "model": copy.deepcopy(model.state_dict()),
+                            "opt": copy.deepcopy(opt.state_dict()), "sched": copy.deepcopy(sched.state_dict())}
+
+    def on_epoch_end(self, epoch, row, history):
+        self.rows.append((epoch, row["test_acc"]))
+
+
+def test_fit_calls_the_hooks_and_knows_no_config_or_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model, train, test, opt, sched = _tiny_fit_setup()
+    rec = _Recorder()
+    res = E.fit(model, train, test, opt, sched, epochs=3, tta="flip", progress=False, hooks=rec)
+    assert rec.starts == [1, 2, 3] and [e for e, _ in rec.rows] == [1, 2, 3]
+    assert res["history"]["epoch"] == [1, 2, 3] and len(res["history"]["steps"]) == 3 * len(train)
+    assert res["final"]["test_acc"] == res["history"]["test_acc"][-1] and res["tta"]["total"] == 16
+    assert list(tmp_path.iterdir()) == []  # fit writes nothing
+    import inspect
+    assert "cfg" not in inspect.signature(E.fit).parameters and "run_dir" not in inspect.signature(E.fit).parameters
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_an_epoch_continued_from_the_middle_equals_a_straight_run(dropout):
+    """What a mid-epoch checkpoint holds is enough to continue at the next batch, bit for bit
+    (with dropout, only because the RNG state is restored)."""
+    model, train, test, opt, sched = _tiny_fit_setup(dropout=dropout)
+    straight = E.fit(model, train, test, opt, sched, epochs=3, progress=False, seed=5)["history"]
+
+    model, train, test, opt, sched = _tiny_fit_setup(dropout=dropout)
+    rec = _Recorder(grab_at=(2, 3), objects=(model, opt, sched))
+    E.fit(model, train, test, opt, sched, epochs=3, progress=False, seed=5, hooks=rec)
+    g = rec.grabbed
+    assert g["partial"]["batch"] == 3 and len(g["partial"]["lrs"]) == 3
+    model2, train2, test2, opt2, sched2 = _tiny_fit_setup(seed=9, dropout=dropout)  # other weights, same shapes
+    model2.load_state_dict(g["model"])
+    opt2.load_state_dict(g["opt"])
+    sched2.load_state_dict(g["sched"])
+    def first_epoch():
+        h = {k: v[:1] for k, v in straight.items() if k != "steps" and not k.startswith("_")}
+        h["steps"] = straight["steps"][:len(train)]
+        return h
+
+    resumed = E.fit(model2, train2, test2, opt2, sched2, epochs=3, progress=False, seed=5, start_epoch=1,
+                    partial=g["partial"], history=first_epoch())["history"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert resumed[key] == straight[key], key
+    assert resumed["steps"] == straight["steps"]
+    if dropout:  # without the saved RNG state the continued epoch differs
+        model3, train3, test3, opt3, sched3 = _tiny_fit_setup(seed=9, dropout=True)
+        model3.load_state_dict(g["model"])
+        opt3.load_state_dict(g["opt"])
+        sched3.load_state_dict(g["sched"])
+        part = dict(g["partial"], rng=None)
+        other = E.fit(model3, train3, test3, opt3, sched3, epochs=3, progress=False, seed=5, start_epoch=1,
+                      partial=part, history=first_epoch())["history"]
+        assert other["train_loss"][1] != straight["train_loss"][1]
+
+
+# --------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("cap,name,scaler", [((7, 5), "fp16", True), ((7, 0), "fp16", True), ((8, 0), "bf16", False),
+                                             ((8, 6), "bf16", False), ((9, 0), "bf16", False),
+                                             ((6, 1), "fp32", False)])
+def test_auto_precision_follows_the_compute_capability(monkeypatch, cap, name, scaler):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers: not asked
+    p = E.choose_precision(torch.device("cuda"), "auto")
+    assert (p.name, p.scaler) == (name, scaler)
+    assert f"compute capability {cap[0]}.{cap[1]}" in p.reason
+
+
+def test_precision_on_cpu_and_when_asked(monkeypatch):
+    monkeypatch.setattr(E, "cpu_has_fast_bf16", lambda: True)
+    assert E.choose_precision(torch.device("cpu")).name == "bf16"
+    monkeypatch.setattr(E, "cpu_has_fast_bf16", lambda: False)
+    assert E.choose_precision(torch.device("cpu")).name == "fp32"
+    assert E.choose_precision(torch.device("mps")).name == "fp32"
+    assert E.choose_precision(torch.device("cpu"), "fp16").scaler is True
+    assert E.choose_precision(torch.device("cpu"), "bf16").dtype == torch.bfloat16
+    assert E.choose_precision(torch.device("cuda"), "fp32").dtype is None
+
+
+def test_fp16_with_a_grad_scaler_trains_on_cpu():
+    p = E.choose_precision(torch.device("cpu"), "fp16")
+    scaler = E.make_scaler(torch.device("cpu"), p)
+    assert isinstance(scaler, torch.amp.GradScaler)
+    model, train, test, opt, sched = _tiny_fit_setup()
+    before = [q.detach().clone() for q in model.parameters()]
+    start_scale = scaler.get_scale()
+    res = E.train_one_epoch(model, train, opt, device=torch.device("cpu"), amp_dtype=p.dtype, scaler=scaler,
+                            progress=False)
+    assert math.isfinite(res["train_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() <= start_scale  # the scaler ran (it only halves on overflow, grows after 2000 steps)
+    assert scaler._scale is not None
+
+
+# --------------------------------------------------------------------------- optimizers
+def test_muon_groups_and_update():
+    from eva8_utils.models import create_model
+
+    model = create_model("fastnet", width=0.25, whiten_bias_epochs=3)
+    opt = E.make_optimizer(model, "muon", lr=0.24, momentum=0.85, weight_decay=0.01, bias_lr_scale=400,
+                           head_lr_scale=7, muon_momentum=0.6)
+    muon, head, biases = opt.param_groups
+    assert muon["muon"] and all(p.ndim == 4 for p in muon["params"]) and muon["weight_decay"] == 0
+    assert head["params"] == [model.head.weight] and head["lr"] == pytest.approx(0.24 * 7)
+    assert any(p is model.whiten.bias for p in biases["params"])  # a vector cannot be orthogonalised
+    assert muon["momentum"] == 0.6 and biases["momentum"] == 0.85
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    w = model.block1.conv1.weight
+    opt.step()
+    assert w.norm().item() == pytest.approx(math.sqrt(w.shape[0]) * 1.0, rel=0.2)  # renormalised, then one step
+
+
+def test_newton_schulz_orthogonalises():
     torch.manual_seed(0)
-    x, y = _data(n=40)
-    train = DeviceLoader(x[:32], y[:32], batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, train=True)
-    test = DeviceLoader(x[32:], y[32:], batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
-    cfg = TrainConfig(dataset="shapes", epochs=2, batch_size=16, progress=False, tta="flip", scheduler="none",
-                      lr=0.01, channels_last=False, precision="fp32")
-    model = Linear()
-    res = E.fit(model, train, test, E.make_optimizer(model, "sgd", lr=0.01), None, cfg,
-                device=torch.device("cpu"), run_dir=tmp_path)
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["status"] == "done" and m["epochs"] == 2
-    assert m["test_acc"] == res["final"]["test_acc"]
-    assert m["test_acc_tta"] == res["tta"]["test_acc"] and m["tta"] == "flip"
+    g = torch.randn(64, 200)
+    s = torch.linalg.svdvals(E.newton_schulz(g, steps=5).float())
+    assert s.min() > 0.5 and s.max() < 1.5  # Muon's quintic pushes every singular value toward 1
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # it had to do something
+
+
+def test_linear_schedule_decays_to_zero():
+    opt = _opt(1.0)
+    s = E.Schedule(opt, "linear", epochs=2, steps_per_epoch=5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(s.lr)
+        s.after_batch()
+    assert lrs == pytest.approx([1 - i / 10 for i in range(10)])
+
+
+def test_ema_follows_the_formula_and_averages_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    ema = E.make_ema(model, 0.9)
+    expect = None
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model.train()(torch.randn(8, 4))  # moves the BatchNorm running mean
+        ema.update_parameters(model)
+        # the first update copies the weights, later ones move 10% toward them
+        expect = [p.detach().clone() if expect is None else 0.9 * e + 0.1 * p.detach()
+                  for e, p in zip(expect or [None] * 2, model.parameters())]
+    for e, p in zip(expect, ema.module.parameters()):
+        assert torch.allclose(e, p, atol=1e-6)
+    rm_model, rm_ema = model[1].running_mean, ema.module[1].running_mean
+    assert not torch.equal(rm_model, rm_ema) and rm_ema.abs().sum() > 0  # averaged, not copied or frozen
+
+
+# --------------------------------------------------------------------------- soft targets, divergence
+def test_train_accuracy_under_soft_targets_is_the_target_mass_on_the_predicted_class():
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]) + 0 * self.w
+
+    class Loader:
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            yield torch.zeros(2, 3, 4, 4), torch.tensor([[0.7, 0.3, 0.0], [0.6, 0.0, 0.4]])
+
+    model = Fixed()
+    res = E.train_one_epoch(model, Loader(), torch.optim.SGD(model.parameters(), lr=0.0),
+                            device=torch.device("cpu"), progress=False)
+    assert res["train_acc"] == pytest.approx(100 * (0.7 + 0.0) / 2)  # predicted 0 (mass 0.7) and 1 (mass 0)
+
+
+def test_divergence_monitor_warns_once_with_a_hint():
+    m = E.DivergenceMonitor(num_classes=10, factor=3.0, patience=3)
+    said = [m.update(v) for v in [2.3, 2.2, 2.0] + [9.0] * 12]
+    warnings_said = [s for s in said if s]
+    assert len(warnings_said) == 1 and "diverging" in warnings_said[0] and "lower --lr" in warnings_said[0]
+    calm = E.DivergenceMonitor(num_classes=10)
+    assert not any(calm.update(v) for v in np.linspace(2.3, 0.5, 30))
+    assert calm.end_epoch(1, 80.0) is None
+    chance = E.DivergenceMonitor(num_classes=10)
+    for v in np.linspace(2.3, 2.6, 10):
+        chance.update(v)
+    assert "still at chance" in chance.end_epoch(1, 10.5)

@@ -92,6 +92,24 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(straight_run
     _same_run(out, straight_run)
 
 
+def test_a_kill_inside_an_epoch_resumes_at_the_exact_batch(straight_run, tmp_path):
+    """--checkpoint-minutes: checkpoints inside the epoch; the resumed run continues at the
+    batch after the last one and ends with the same history as a run never killed."""
+    out = tmp_path / "killed_mid"
+    proc = _start(KILL_ARGS + ["--out", str(out), "--progress", "--checkpoint-minutes", "0.0001"])
+    _wait_for(proc, "EPOCH: 2/3")
+    _wait_mid_epoch(proc)  # the bar of epoch 2 (16 batches) is at batch 1..10
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1 and ck["partial"] is not None and 1 <= ck["partial"]["batch"] < 16
+    assert "rng" in ck["partial"] and len(ck["partial"]["lrs"]) == ck["partial"]["batch"]
+    res = run_cli(["--out", str(out), "--resume", "--no-progress"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"batch {ck['partial']['batch']} of epoch 2" in res.stdout
+    _same_run(out, straight_run)
+
+
 def test_sigint_stops_at_a_batch_boundary_says_how_to_resume_and_resumes(straight_run, tmp_path):
     out = tmp_path / "interrupted"
     proc = _start(KILL_ARGS + ["--out", str(out), "--progress"])
@@ -102,7 +120,8 @@ def test_sigint_stops_at_a_batch_boundary_says_how_to_resume_and_resumes(straigh
     proc.wait(timeout=120)
     assert proc.returncode == 130
     assert "Interrupted in epoch 2" in rest and f"--out {out} --resume" in rest
-    assert read_metrics(out)["status"] == "interrupted"
+    m = read_metrics(out)
+    assert m["status"] == "interrupted" and "interrupted in epoch 2" in m["error"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
     res = run_cli(["--out", str(out), "--resume", "--no-progress"])
     assert res.returncode == 0, res.stderr[-2000:]
@@ -147,6 +166,24 @@ def test_non_finite_loss_stops_with_epoch_batch_and_hint(tmp_path):
     assert res.returncode == 3
     assert "non-finite loss in epoch 1, batch " in res.stdout and "lower the learning rate" in res.stdout
     assert not (out / "checkpoints" / "last.pt").exists()
+    m = read_metrics(out)
+    assert m["status"] == "failed: non-finite loss" and "non-finite loss in epoch 1" in m["error"]
+
+
+def test_a_failing_analysis_leaves_status_failed_with_the_error(tmp_path, monkeypatch, capsys):
+    from eva8_utils.analysis import Analysis
+    from eva8_utils.main import main
+
+    def broken(self):
+        raise RuntimeError("the plot library fell over")
+
+    monkeypatch.setattr(Analysis, "run_all", broken)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="fell over"):
+        main(TINY[:-4] + ["--epochs", "1", "--out", "run", "--analysis"])
+    m = read_metrics(tmp_path / "run")
+    assert m["status"] == "failed" and m["error"] == "RuntimeError: the plot library fell over"
+    assert m["epochs"] == 1 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # training is kept
 
 
 class _NaNAfter(nn.Module):
@@ -163,26 +200,33 @@ class _NaNAfter(nn.Module):
 
 
 def test_non_finite_loss_never_overwrites_the_last_good_checkpoint(tmp_path):
-    from eva8_utils.config import TrainConfig
-    from eva8_utils.data import make_loaders, make_shapes
-    from eva8_utils.engine import fit, make_optimizer
+    from eva8_utils import RunDir, build, build_config
+    from eva8_utils.engine import fit
 
-    cfg = TrainConfig(dataset="shapes", epochs=3, batch_size=32, progress=False, tta="none", scheduler="none",
-                      lr=0.01, channels_last=False, precision="fp32")
-    s = make_shapes(96, 32, seed=0)
-    train, test = make_loaders(s, cfg, torch.device("cpu"))
+    cfg = build_config(flags=dict(dataset="shapes", shapes_train=96, shapes_test=32, epochs=3, batch_size=32,
+                                  progress=False, tta="none", scheduler="none", lr=0.01, channels_last=False,
+                                  precision="fp32", analysis=False))
     model = _NaNAfter()
-    opt = make_optimizer(model, "sgd", lr=0.01)
+    exp = build(cfg, model=model)
+    run = RunDir(tmp_path / "run")
+    run.start(exp)
+    hooks = run.hooks(exp)
+    save_epoch = hooks.on_epoch_end
 
-    def arm(epoch, _):
+    def arm(epoch, row, history):
+        save_epoch(epoch, row, history)
         if epoch == 1:
             model.armed = True
 
+    hooks.on_epoch_end = arm
     with pytest.raises(NonFiniteLossError) as e:
-        fit(model, train, test, opt, None, cfg, device=torch.device("cpu"), run_dir=tmp_path, on_epoch_end=arm)
+        fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, None, epochs=3, device=exp.device,
+            amp_dtype=None, progress=False, hooks=hooks, history=exp.history_so_far())
     assert (e.value.epoch, e.value.batch) == (2, 1)
-    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert ck["model_name"] == "_NaNAfter" and ck["model_ref"] is None  # a module passed in: named by its class
+    assert read_metrics(tmp_path / "run")["model"] == "_NaNAfter"
 
 
 def test_atomic_text_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
@@ -214,9 +258,12 @@ def test_a_kill_at_any_moment_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "ck" / "last.pt"
     root = str(Path(__file__).parents[1])
     seen = []
-    for delay in (0.6, 1.3, 2.0):
+    for delay in (0.1, 0.45, 0.8):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), root])
-        time.sleep(delay + 1.5)  # imports take about a second
+        t0 = time.time()
+        while not path.exists() and time.time() - t0 < 120:  # imports take a while on a busy machine
+            time.sleep(0.02)
+        time.sleep(delay)
         proc.kill()
         proc.wait()
         for p in (path, path.with_name("prev.pt")):
@@ -309,21 +356,25 @@ def test_memory_stays_flat_over_many_epochs(tmp_path):
     code = r"""
 import json, sys, torch, torch.nn as nn
 sys.path.insert(0, sys.argv[2])
-from eva8_utils.config import TrainConfig
-from eva8_utils.data import make_loaders, make_shapes
-from eva8_utils.engine import fit, make_optimizer
+from eva8_utils import RunDir, build, build_config, train
+from eva8_utils.engine import FitHooks
 from eva8_utils.utils import current_rss_mb
-cfg = TrainConfig(dataset="shapes", epochs=150, batch_size=32, progress=False, tta="none", scheduler="none",
-                  lr=0.01, precision="fp32")
-s = make_shapes(64, 16, seed=0)
-train, test = make_loaders(s, cfg, torch.device("cpu"))
+cfg = build_config(flags=dict(dataset="shapes", shapes_train=64, shapes_test=16, epochs=150, batch_size=32,
+                              progress=False, tta="none", scheduler="none", lr=0.01, precision="fp32",
+                              analysis=False, out=sys.argv[1]))
 model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+exp = build(cfg, model=model)
+run = RunDir(sys.argv[1])
 rss = {}
-def track(epoch, _):
+hooks = run.hooks(exp)
+save = hooks.on_epoch_end
+def track(epoch, row, history):
+    save(epoch, row, history)
     if epoch in (10, 150):
         rss[epoch] = current_rss_mb()
-fit(model, train, test, make_optimizer(model, "sgd", lr=0.01), None, cfg, device=torch.device("cpu"),
-    run_dir=sys.argv[1], on_epoch_end=track)
+hooks.on_epoch_end = track
+run.hooks = lambda exp: hooks
+train(exp, run)
 print(json.dumps(rss))
 """
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(Path(__file__).parents[1])],

@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from eva8_utils.config import TrainConfig
 from eva8_utils.errors import ConfigError
-from eva8_utils.models import MODELS, count_parameters, create_model, model_from_config, register_model
+from eva8_utils.models import MODELS, count_parameters, create_model, get_spec, model_options, register_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -18,8 +19,8 @@ def test_every_model_gives_finite_logits_of_the_right_shape(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_takes_64px_inputs_and_other_class_counts(name):
-    cfg = TrainConfig(model=name)
-    model = model_from_config(cfg, num_classes=200, image_size=64).eval()
+    options = model_options(TrainConfig(model=name), image_size=64)
+    model = create_model(name, num_classes=200, **options).eval()
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 200)
 
 
@@ -101,7 +102,7 @@ def test_norm_choice_reaches_every_layer_including_shortcuts(name, norm):
 
 def test_norm_on_a_model_without_norm_choice_is_refused():
     with pytest.raises(ConfigError, match="--norm group is not supported by vit_tiny"):
-        model_from_config(TrainConfig(model="vit_tiny", norm="group"), 10)
+        model_options(TrainConfig(model="vit_tiny", norm="group"))
 
 
 def test_dropout_is_applied_where_the_model_defines_it():
@@ -118,19 +119,90 @@ def test_dropout_is_applied_where_the_model_defines_it():
     assert torch.allclose(model(x), model(x))
 
 
+def _whitened_cov(model, x):
+    out = torch.nn.functional.conv2d(x, model.whiten.weight[:12])  # the + half of the filters
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    return flat.T @ flat / flat.shape[0]
+
+
 def test_fastnet_whitening_init_whitens_patches():
     torch.manual_seed(0)
     # correlated "images": smooth noise
     x = torch.nn.functional.avg_pool2d(torch.randn(200, 3, 34, 34), 3, stride=1)
     model = create_model("fastnet")
     model.data_init(x)
-    out = torch.nn.functional.conv2d(x, model.whiten.weight[:12])  # the + half of the filters
-    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
-    cov = flat.T @ flat / flat.shape[0]
+    cov = _whitened_cov(model, x)
     # whitened: covariance close to identity (eps keeps the smallest directions a bit below 1)
     assert torch.allclose(torch.diag(cov), torch.ones(12), atol=0.1)
     off = cov - torch.diag(torch.diag(cov))
     assert off.abs().max() < 0.05
+
+
+def test_whitening_fitted_on_the_loaders_sample_whitens_every_class_of_a_sorted_folder():
+    """A class-sorted dataset (as an image folder is): prepare_model must not fit the
+    whitening on the first images only (all of class 0)."""
+    from eva8_utils.data import DeviceLoader
+    from eva8_utils.models import prepare_model
+
+    rng = np.random.default_rng(0)
+    n_per, k = 400, 5
+    images, labels = [], []
+    for c in range(k):  # each class its own colour statistics and smoothness
+        base = rng.normal(0, 1 + c, (n_per, 14, 14, 3)).cumsum(axis=1 + c % 2) * (0.1 + 0.1 * c)
+        images.append(np.clip(128 + 20 * base + 30 * c, 0, 255).astype(np.uint8))
+        labels.append(np.full(n_per, c))
+    x, y = np.concatenate(images), np.concatenate(labels)  # sorted by class
+    loader = DeviceLoader(x, y, batch_size=64, mean=(0.5,) * 3, std=(0.25,) * 3, train=True)
+    everything = loader.batch_at(torch.arange(len(y)))[0]
+
+    def off_identity(model):
+        cov = _whitened_cov(model, everything)
+        return (cov - torch.eye(12)).abs().max().item()
+
+    model = prepare_model(create_model("fastnet", width=0.25), loader, "cpu", channels_last=False, max_init_images=500)
+    first_only = create_model("fastnet", width=0.25)
+    first_only.data_init(loader.batch_at(torch.arange(500))[0])  # the old way: the first 500 = class 0 and 1
+    assert off_identity(model) < 0.15
+    assert off_identity(first_only) > 3 * off_identity(model)
+
+
+def test_fastnet_freezes_the_whitening_bias_after_its_epochs_and_trains_it_at_the_base_lr():
+    from eva8_utils.engine import make_optimizer
+
+    model = create_model("fastnet", width=0.25, whiten_bias_epochs=3)
+    assert model.frozen_parameters(3) == [] and model.frozen_parameters(4) == [model.whiten.bias]
+    assert create_model("fastnet").frozen_parameters(50) == []
+    opt = make_optimizer(model, "sgd", lr=0.1, bias_lr_scale=64)
+    base, biases = opt.param_groups
+    assert any(p is model.whiten.bias for p in base["params"]) and base["lr"] == 0.1
+    assert not any(p is model.whiten.bias for p in biases["params"]) and biases["lr"] == pytest.approx(6.4)
+
+
+def test_a_model_given_as_module_callable(tmp_path, monkeypatch):
+    (tmp_path / "usernets.py").write_text(
+        "import torch.nn as nn\n"
+        "class Tiny(nn.Module):\n"
+        "    cam_layer = 'features.0'\n"
+        "    def __init__(self, num_classes=10, dropout=0.0):\n"
+        "        super().__init__()\n"
+        "        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())\n"
+        "        self.head = nn.Linear(8, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.features(x).mean((2, 3)))\n"
+        "def not_a_model(num_classes=10):\n"
+        "    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = get_spec("usernets:Tiny")
+    assert spec.cam_layer == "features.0" and spec.accepts("dropout") and not spec.accepts("norm")
+    assert create_model("usernets:Tiny", num_classes=3)(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="has no attribute 'Nope'"):
+        get_spec("usernets:Nope")
+    with pytest.raises(ConfigError, match="cannot import it .*ModuleNotFoundError"):
+        get_spec("no_such_module_xyz:Net")
+    with pytest.raises(ConfigError, match="returned int, not an nn.Module"):
+        create_model("usernets:not_a_model")
+    with pytest.raises(ConfigError, match="--norm group is not supported by usernets:Tiny"):
+        model_options(TrainConfig(model="usernets:Tiny", norm="group"))
 
 
 def test_vit_tiny_forward_and_cam_reshape():

@@ -65,6 +65,9 @@ register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 
 # Settings a config can pass to a constructor, with the value that means "not asked for".
 _OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0, "whiten_bias_epochs": 0}
+# A setting of a part that other models do not have (the fast recipe sets it; --recipe fast
+# --model resnet18 must still work): ignored by models that do not take it.
+_IGNORED_WHEN_ABSENT = ("whiten_bias_epochs",)
 
 
 def import_modules(names: list[str] | tuple[str, ...], what: str = "--import") -> None:
@@ -144,7 +147,7 @@ def model_options(cfg: Any, image_size: int = 32) -> dict[str, Any]:
         value = getattr(cfg, key)
         if spec.accepts(key):
             options[key] = value
-        elif value != neutral and not (key == "groups" and cfg.norm != "group"):
+        elif value != neutral and key not in _IGNORED_WHEN_ABSENT and not (key == "groups" and cfg.norm != "group"):
             users = sorted(n for n, s in MODELS.items() if s.accepts(key))
             raise ConfigError(f"--{key.replace('_', '-')} {value} is not supported by {cfg.model}; models that "
                               f"take it: {', '.join(users)}")

@@ -8,7 +8,10 @@ frozen unit scale (only its bias learns) and a high momentum; convolutions start
 from a partial identity (Dirac) init. About 1.97M parameters at width 1.
 
 On a 32x32 input the maps are 31 (whitening), 15, 7 and 3 pixels wide; the default
-CAM layer is ``block2.conv1`` (15x15), the deepest map of at least 8x8.
+CAM layer is ``block3.conv1`` (7x7): on the shapes dataset its GradCAM points at the
+object far more often than a fixed point or the CAM of a wrong class does (the 15x15
+``block2.conv1`` is finer but less class-specific: its wrong-class CAM lands on the
+object too; see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class FastNet(nn.Module):
     (``base_lr_params``), not at the raised LR of the other biases.
     """
 
-    cam_layer = "block2.conv1"
+    cam_layer = "block3.conv1"
     base_lr_params = ("whiten.bias",)
 
     def __init__(self, num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
