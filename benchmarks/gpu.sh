@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 
 if [ "${SMOKE:-0}" = "1" ]; then
-  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1"; LIMIT="--shapes-train 256 --shapes-test 64"; DS="--dataset shapes"
+  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1"; LIMIT="--shapes-train 256 --shapes-test 64 --batch-size 64"; DS="--dataset shapes"
   TP="--device cpu --synthetic 1024 --batch-size 64 --models fastnet --data-batches 2 --step-batches fastnet=2"
   TP="$TP --repeats 1 --workers 0"
 else

@@ -105,7 +105,8 @@ class Analysis:
         r = self.exp.lr_result
         if r is None and not self.saved:
             return None
-        return self._figure("lr_finder", lambda: viz.plot_lr_finder(r.lrs, r.losses, r.suggestion))
+        return self._figure("lr_finder", lambda: viz.plot_lr_finder(r.lrs, r.losses, r.suggestion,
+                                                                    raw_losses=r.raw_losses))
 
     def misclassified(self) -> Figure | None:
         def make():
@@ -159,6 +160,8 @@ class Analysis:
         """The pointing game with its baselines (datasets with boxes) and the ROAD scores."""
         if self.saved:
             return {k: v for k, v in self.run.read_metrics().items() if k.startswith("cam_")}
+        if any(k.startswith("cam_") for k in self.metrics):  # computed once
+            return {k: v for k, v in self.metrics.items() if k.startswith("cam_")}
         from .cam import cam_pointing_game, road_faithfulness
 
         exp, out = self.exp, {}
@@ -194,6 +197,7 @@ class Analysis:
                         " misclassified %s (random map %s), correct %.3f (random map %.3f)",
                         _f3(out.get("cam_road_mis")), _f3(out.get("cam_road_mis_random")), out["cam_road_correct"],
                         out["cam_road_correct_random"])
+        self.metrics.update(out)
         return out
 
     # ------------------------------------------------------------------ all of it
@@ -202,7 +206,7 @@ class Analysis:
         for make in (self.curves, self.samples, self.lr_finder, self.misclassified, self.gradcam,
                      self.confusion_matrix, self.per_class_accuracy):
             make()
-        self.metrics.update(self.cam_checks())
+        self.cam_checks()
         return self.metrics
 
     def finish(self, **extra: Any) -> dict[str, Any]:
@@ -218,8 +222,7 @@ class Analysis:
             values.update(final_metrics(self.result, cfg.tta))
         notes = []
         if cfg.analysis:
-            if not any(k.startswith("cam_") for k in self.metrics):
-                self.metrics.update(self.cam_checks())
+            self.cam_checks()
             per_class = self._per_class()
             mis = self.misclassified_set()
             values.update(per_class_acc={c: round(float(a), 2) for c, a in zip(exp.splits.classes, per_class)},

@@ -43,6 +43,8 @@ class AugmentConfig:
     jitter_p: float = 0.0          # probability of brightness/contrast jitter per sample
     brightness: float = 0.2        # max brightness change (fraction)
     contrast: float = 0.2          # max contrast change (fraction)
+    low_res_size: int = 0          # progressive resizing: side of the early epochs' images (0 = off)
+    low_res_epochs: int = 0        # ... for this many epochs
     mixup: float = 0.0             # MixUp Beta(alpha, alpha) parameter (0 = off)
     cutmix: float = 0.0            # CutMix Beta(alpha, alpha) parameter (0 = off)
     mix_p: float = 1.0             # probability that a batch is mixed

@@ -113,6 +113,9 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
         from .models import build_from_reference
 
         ref = ckpt.get("model_ref")
+        cfg = ckpt.get("config") or {}
+        if ref is None and cfg.get("model") and cfg.get("model") == ckpt.get("model_name"):
+            ref = _reference_from_config(cfg, int(ckpt.get("image_size", 32)))  # a checkpoint of version 0.1
         if ref is None:
             raise CheckpointError(f"{path} holds a {ckpt.get('model_name', 'model')} that was passed in directly; "
                                   f"build that model yourself and pass it: load_model(path, model=...)")
@@ -122,3 +125,14 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
             raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from None
     load_weights(model, ckpt["model"], path)
     return model.to(map_location).eval(), ckpt
+
+
+def _reference_from_config(cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The model reference of a checkpoint written before checkpoints stored one: rebuilt
+    from its saved config."""
+    from .config import TrainConfig
+    from .models import model_options
+
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in cfg.items() if k in fields})
+    return {"model": config.model, "options": model_options(config, image_size), "imports": list(config.imports)}

@@ -100,6 +100,9 @@ class TrainConfig:
     jitter_p: float = _f(0.0, "probability of brightness/contrast jitter per sample", group="augmentation")
     brightness: float = _f(0.2, "jitter: max brightness change (fraction)", group="augmentation")
     contrast: float = _f(0.2, "jitter: max contrast change (fraction)", group="augmentation")
+    low_res_size: int = _f(0, "progressive resizing: train the first --low-res-epochs epochs on images resized "
+                              "(bilinear) to N x N pixels; 0 = off", group="augmentation")
+    low_res_epochs: int = _f(0, "progressive resizing: how many epochs at --low-res-size", group="augmentation")
     mixup: float = _f(0.0, "MixUp alpha: mix each batch with itself rolled by one, lambda ~ Beta(alpha, alpha), "
                            "soft targets (0 = off)", group="augmentation")
     cutmix: float = _f(0.0, "CutMix alpha: paste a box of area 1-lambda from the rolled batch, lambda ~ "
@@ -356,6 +359,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p", "mix_p"):
         need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")
     need(cfg.mixup >= 0, "mixup", ">= 0 (0 = off)")
+    need(cfg.low_res_size == 0 or cfg.low_res_size >= 8, "low_res_size", "0 (off) or >= 8")
+    need(0 <= cfg.low_res_epochs < cfg.epochs or cfg.low_res_size == 0, "low_res_epochs",
+         f">= 0 and < --epochs ({cfg.epochs}), so that the last epochs see full-size images")
     need(cfg.cutmix >= 0, "cutmix", ">= 0 (0 = off)")
     need(0 <= cfg.affine_shift <= 0.5, "affine_shift", "in [0, 0.5]")
     need(0 <= cfg.affine_scale < 1, "affine_scale", "in [0, 1)")

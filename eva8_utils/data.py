@@ -666,7 +666,8 @@ class DeviceLoader:
         plan = self._plan()
         mixing = self.aug is not None and self.aug.mixing
         if mixing:
-            mix = A.sample_mix_params(len(plan), self.aug, self.image_size, epoch_seed(self.seed, self.epoch, salt=11))
+            mix = A.sample_mix_params(len(plan), self.aug, self.epoch_image_size(),
+                                      epoch_seed(self.seed, self.epoch, salt=11))
         for i in range(start, len(plan)):
             s, e = plan[i]
             idx = perm[s:e]
@@ -687,9 +688,20 @@ class DeviceLoader:
             x = x_u8.float().mul_(self._scale).sub_(self._shift)
         if self.aug is not None and params:
             x = A.apply_geometric(x, params, self.aug)
+        if self.epoch_image_size() != self.image_size:  # progressive resizing: an early epoch at low resolution
+            x = torch.nn.functional.interpolate(x, size=self.epoch_image_size(), mode="bilinear", antialias=True,
+                                                align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def epoch_image_size(self) -> tuple[int, int]:
+        """(H, W) of this epoch's training batches: the images' own, or the low resolution of
+        the first ``low_res_epochs`` epochs (progressive resizing)."""
+        a = self.aug
+        if a is not None and a.low_res_size and 1 <= self.epoch <= a.low_res_epochs:
+            return (a.low_res_size, a.low_res_size)
+        return self.image_size
 
     def batch_at(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised, un-augmented images and labels at ``indices`` (for analysis)."""

@@ -233,7 +233,8 @@ def stats_main(argv: Sequence[str]) -> int:
     splits = load_dataset(cfg)
     s = dataset_stats(splits)
     fmt = _fmt3
-    print(f"dataset: {splits.name}  image size: {s['image_size']}x{s['image_size']}  classes: {len(splits.classes)}")
+    print(f"dataset: {splits.name}  image size: {s['image_size']}x{s['image_size']}  classes: {len(splits.classes)}"
+          + (f"  (skipped {splits.skipped_files} non-image files)" if splits.skipped_files else ""))
     print(f"train split: {s['n_train']} images, mean {fmt(s['mean'])}, std {fmt(s['std'])}")
     print(f"test split:  {s['n_test']} images, mean {fmt(s['test_mean'])}, std {fmt(s['test_std'])}")
     width = max(len(c) for c in splits.classes)

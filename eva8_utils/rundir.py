@@ -68,7 +68,6 @@ class RunDir:
         self.started = False
         self.mode = "new run"              # or: starting over, resuming, finished: showing it (open_for)
         self._writer = None                # TensorBoard SummaryWriter (lazily)
-        self._log_handlers = False
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, status={self.status!r})"
@@ -236,7 +235,6 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             setup_logging(self.path / "log.txt")
-            self._log_handlers = True
         D.barrier()
         for line in exp.header_lines():
             logger.info("%s", line)

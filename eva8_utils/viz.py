@@ -249,16 +249,20 @@ def plot_samples(images, labels, classes: Sequence[str], mean, std, ncols: int =
 
 
 def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None = None,
-                   ax=None) -> Figure:
-    """Smoothed loss against LR (log scale) with the suggested LR marked."""
+                   ax=None, raw_losses: Sequence[float] | None = None) -> Figure:
+    """Smoothed loss against LR (log scale) with the suggested LR marked (and the raw loss of
+    each step, faint, when given)."""
     fig, ax = _new(ax)
-    ax.plot(lrs, losses)
+    if raw_losses is not None:
+        ax.plot(lrs, raw_losses, color="tab:gray", alpha=0.35, lw=0.8, label="loss per step")
+    ax.plot(lrs, losses, label="smoothed")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.set_title("LR range test")
     if suggestion is not None:
         ax.axvline(suggestion, color="tab:red", ls="--", label=f"suggested {suggestion:.3g}")
+    if suggestion is not None or raw_losses is not None:
         ax.legend()
     ax.grid(alpha=0.3, which="both")
     return fig

@@ -161,6 +161,7 @@ def test_console_script_help_groups_the_flags_lists_subcommands_and_ends_quietly
 
 # --------------------------------------------------------------------------- own models
 USER_MODULE = '''
+import torch
 import torch.nn as nn
 from eva8_utils import register_model
 
@@ -182,6 +183,18 @@ class Small(nn.Module):
 @register_model("small_user_net", cam_layer="features.3")
 def small_user_net(num_classes=10):
     return Small(num_classes)
+
+
+class Constant(nn.Module):
+    """Predicts nothing: its loss cannot fall, whatever the LR."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.num_classes = num_classes
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.new_zeros(len(x), self.num_classes) + 0 * self.w
 
 
 def no_norm(num_classes=10):
@@ -237,6 +250,15 @@ def test_own_models_from_the_cli_train_resume_load_and_explain(tmp_path, user_mo
     proc = run_cli(common + ["--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--no-analysis", "--out",
                              str(tmp_path / "yaml")], **env)
     assert proc.returncode == 0 and read_metrics(tmp_path / "yaml")["model"] == "small_user_net"
+
+
+def test_lr_auto_without_a_descent_stops_with_one_line(tmp_path, user_module):
+    proc = run_cli(["--dataset", "shapes", "--shapes-train", "256", "--shapes-test", "64", "--model",
+                    "mynets:Constant", "--lr", "auto", "--lr-find-iters", "20", "--batch-size", "64", "--out",
+                    str(tmp_path / "auto")], PYTHONPATH=str(user_module))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--lr auto: the LR range test found no descent" in proc.stderr and "give --lr yourself" in proc.stderr
+    assert not (tmp_path / "auto").exists()
 
 
 def test_an_unregistered_model_name_says_how_to_bring_it():

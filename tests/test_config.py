@@ -190,3 +190,26 @@ def test_cuda_requested_without_a_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(SHAPES + ["--device", "cuda", "--out", "run1"]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_the_notebook_keeps_its_run_folder_on_drive_in_colab(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from eva8_utils import colab
+
+    assert colab.run_folder("runs/nb") == __import__("pathlib").Path("runs/nb")  # not in Colab: as given
+    mounted = []
+    drive = types.SimpleNamespace(mount=lambda where: (mounted.append(where), (tmp_path / "drive" / "MyDrive").mkdir(
+        parents=True)))
+    google = types.ModuleType("google")
+    google.colab = types.SimpleNamespace(drive=drive)
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    monkeypatch.setattr(colab, "DRIVE_MOUNT", tmp_path / "drive")
+    monkeypatch.setattr(colab, "DRIVE_ROOT", tmp_path / "drive" / "MyDrive" / "eva8_utils")
+    got = colab.run_folder("runs/nb", use_drive=True)
+    assert mounted == [str(tmp_path / "drive")]
+    assert got == tmp_path / "drive" / "MyDrive" / "eva8_utils" / "runs" / "nb" and got.parent.is_dir()
+    assert colab.run_folder("runs/nb", use_drive=True) == got and len(mounted) == 1  # mounted once
+    assert colab.run_folder("runs/nb", use_drive=False) == __import__("pathlib").Path("runs/nb")

@@ -299,3 +299,16 @@ def test_offline_cifar10_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         D.load_cifar10(mine)
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]  # an existing folder keeps only what it had
+
+
+def test_progressive_resizing_shrinks_only_the_early_epochs():
+    s = D.make_shapes(64, 8, seed=0)
+    aug = AugmentConfig(low_res_size=20, low_res_epochs=2, cutmix=1.0)
+    ld = D.DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug,
+                        num_classes=10)
+    sizes = {}
+    for epoch in (1, 2, 3):
+        ld.set_epoch(epoch)
+        sizes[epoch] = {tuple(x.shape[-2:]) for x, _ in ld}
+    assert sizes == {1: {(20, 20)}, 2: {(20, 20)}, 3: {(32, 32)}}
+    assert ld.batch_at([0])[0].shape[-1] == 32  # analysis and tests see the images as they are

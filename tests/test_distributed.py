@@ -80,10 +80,16 @@ def test_a_checkpoint_from_two_ranks_resumes_in_one_process_and_back(runs, tmp_p
     base, _, _ = runs
     import shutil
 
-    # Rewind each run to epoch 1 (its prev.pt) and finish it under the other world size.
+    def rewind(run):
+        """As if the run had been killed after epoch 1: its prev.pt, metrics.json still "running"."""
+        (run / "checkpoints" / "last.pt").unlink()  # fall back to prev.pt (epoch 1)
+        m = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**m, "status": "running"}))
+
+    # Rewind each run to epoch 1 and finish it under the other world size.
     out = tmp_path / "two_to_one"
     shutil.copytree(base / "two", out)
-    (out / "checkpoints" / "last.pt").unlink()  # fall back to prev.pt (epoch 1)
+    rewind(out)
     proc = run_cli(["--out", str(out), "--resume", "--batch-size", "64"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
@@ -91,7 +97,7 @@ def test_a_checkpoint_from_two_ranks_resumes_in_one_process_and_back(runs, tmp_p
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     out = tmp_path / "one_to_two"
     shutil.copytree(base / "one", out)
-    (out / "checkpoints" / "last.pt").unlink()
+    rewind(out)
     proc = _torchrun(["--out", str(out), "--resume", "--batch-size", "32"])
     _assert_finished(proc, out)
     a = load_checkpoint(out / "checkpoints" / "last.pt")["model"]

@@ -42,7 +42,7 @@ API_SMALL = 'dict(dataset="shapes", shapes_train=384, shapes_test=96, recipe="fa
 def _api_code(run_dir, image):
     block = README.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     assert API_ORIGINAL in block and '"runs/api"' in block and '"my_cat.jpg"' in block
-    return (block.replace(API_ORIGINAL, API_SMALL).replace('"runs/api"', repr(str(run_dir)))
+    return (block.replace(API_ORIGINAL, API_SMALL).replace('"runs/api', '"' + str(run_dir))
             .replace('"my_cat.jpg"', repr(str(image))))
 
 

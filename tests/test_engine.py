@@ -258,6 +258,9 @@ def _curve(kind, n=100):
         loss = 2.3 - 1.5 / (1 + np.exp(-(t + 2) * 4)) + np.where(t > -0.5, (t + 0.5) ** 2 * 3, 0)
     elif kind == "flat_then_dip":  # flat for most of the sweep, a dip near 0.2 (the reported case)
         loss = 2.3 - 0.8 * np.exp(-((t - np.log10(0.2)) ** 2) / 0.05)
+    elif kind == "noisy_start":  # the U curve, after an EMA start-up that falls steeply over the first points
+        loss = 2.3 - 1.5 / (1 + np.exp(-(t + 2) * 4)) + np.where(t > -0.5, (t + 0.5) ** 2 * 3, 0)
+        loss[:4] += [0.9, 0.5, 0.2, 0.05]
     elif kind == "early_minimum":  # lowest at the start, then only rising
         loss = 2.0 + 0.3 * (t + 6)
     else:                       # no descent: flat with a little wobble
@@ -269,6 +272,9 @@ def test_lr_suggestion_on_known_curves():
     lrs, losses = _curve("u")
     s, note = suggest_lr(lrs, losses)
     assert 10 ** -2.3 < s < 10 ** -1.7 and note == ""   # the steepest point of the descent (1e-2)
+    lrs, losses = _curve("noisy_start")
+    s, note = suggest_lr(lrs, losses)
+    assert 10 ** -2.3 < s < 10 ** -1.7                  # not fooled by the first, noisy points
     lrs, losses = _curve("flat_then_dip")
     s, note = suggest_lr(lrs, losses)
     assert 0.05 < s < 0.2 and s != lrs[0]               # on the way down to the dip, never the first LR

@@ -58,13 +58,13 @@ def _wait_for(proc, needle):
     return _read_until(proc, lambda text: text if text.endswith(needle) else None, repr(needle))
 
 
-def _wait_mid_epoch(proc):
-    """Return once the bar of the current epoch (16 batches) shows a batch id in 1..10."""
+def _wait_mid_epoch(proc, first=1):
+    """Return once the bar of the current epoch (16 batches) shows a batch id in first..10."""
     def batch(text):
         m = re.search(r"Batch_id=(\d+) $", text)
-        return int(m.group(1)) if m and 1 <= int(m.group(1)) <= 10 else None
+        return int(m.group(1)) if m and first <= int(m.group(1)) <= 10 else None
 
-    return _read_until(proc, batch, "a batch id of 1..10")
+    return _read_until(proc, batch, f"a batch id of {first}..10")
 
 
 def _same_run(a: Path, b: Path):
@@ -98,7 +98,7 @@ def test_a_kill_inside_an_epoch_resumes_at_the_exact_batch(straight_run, tmp_pat
     out = tmp_path / "killed_mid"
     proc = _start(KILL_ARGS + ["--out", str(out), "--progress", "--checkpoint-minutes", "0.0001"])
     _wait_for(proc, "EPOCH: 2/3")
-    _wait_mid_epoch(proc)  # the bar of epoch 2 (16 batches) is at batch 1..10
+    _wait_mid_epoch(proc, first=3)  # the bar of epoch 2 (16 batches) is at batch 3..10: batch 2 is saved
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -290,7 +290,8 @@ def test_a_malicious_checkpoint_does_not_run_code(tmp_path):
         load_checkpoint(bad)
     assert not marker.exists()
     # through the CLI as well
-    (tmp_path / "run" / "config.yaml").write_text("dataset: shapes\nmodel: fastnet\nshapes_train: 64\nshapes_test: 16\n")
+    (tmp_path / "run" / "config.yaml").write_text("dataset: shapes\nmodel: fastnet\nshapes_train: 64\nshapes_test: 16\n"
+                                                  "batch_size: 16\n")
     res = run_cli(["--out", str(tmp_path / "run"), "--resume"])
     assert res.returncode == 2 and "refused to load" in res.stderr
     assert not marker.exists()

@@ -41,7 +41,7 @@ def test_the_notebook_is_the_cli_cell_by_cell(tmp_path, monkeypatch):
     # 1. a new run, with the optional norm sweep
     nb, text, images = _execute(tmp_path, "first", RUN_DIR=str(run_dir), RUN_NORM_SWEEP=True, SWEEP_EPOCHS=1)
     assert "| new run" in text and "precision: " in text
-    assert "Test set: Average loss:" in text and "/128 (" in text and "suggested LR" in text
+    assert "Test set: Average loss:" in text and "/128 (" in text and "LR finder: " in text
     assert images >= 9  # samples, LR finder, curves, misclassified, gradcam, confusion, per-class, sweep figures
     for name in ("config.yaml", "log.txt", "summary.txt", "history.csv", "steps.csv", "report.md",
                  "checkpoints/last.pt", "images/curves.png", "images/gradcam.png", "images/samples.png",
