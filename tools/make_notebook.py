@@ -1,3 +1,7 @@
+"""Writes S7.ipynb from the cells below, its one source: python tools/make_notebook.py"""
+
+from pathlib import Path
+
 import nbformat as nbf
 
 md = nbf.v4.new_markdown_cell
@@ -42,7 +46,7 @@ MIXUP = 0.0                  # MixUp alpha (0 = off)
 CUTMIX = 0.0                 # CutMix alpha (0 = off)
 RUN_LR_FINDER = False
 CAM_METHOD = "gradcam"       # gradcam | gradcam++ | xgradcam | layercam | eigencam | scorecam
-CAM_LAYER = ""               # empty: the model's default layer (a map of at least 8x8)
+CAM_LAYER = ""               # empty: the model's default layer (a map of at least 7x7)
 NUM_IMAGES = 10
 TENSORBOARD = False          # also write TensorBoard logs into the run folder
 RUN_DIR = "runs/notebook"    # on Colab with USE_DRIVE: MyDrive/eva8_utils/runs/notebook
@@ -141,7 +145,9 @@ cells.append(code("""if RUN_NORM_SWEEP:
 else:
     print("norm sweep skipped (RUN_NORM_SWEEP = False)")"""))
 
+for i, cell in enumerate(cells):
+    cell["id"] = f"cell-{i:02d}"   # stable ids: regenerating changes only what changed
 nb = nbf.v4.new_notebook(cells=cells)
 nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                "language_info": {"name": "python"}, "accelerator": "GPU", "colab": {"provenance": []}}
-nbf.write(nb, "/work/main/S7.ipynb")
+nbf.write(nb, str(Path(__file__).resolve().parents[1] / "S7.ipynb"))
