@@ -18,20 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eva8_utils.data import CIFAR10_CLASSES, Splits, load_folder  # noqa: E402
-from eva8_utils.utils import device_description  # noqa: E402
+from eva8_utils.utils import cpu_model, device_description  # noqa: E402
 
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"device": device_description(device), "cpu": cpu, "cpu_cores": os.cpu_count(),
+    return {"device": device_description(device), "cpu": cpu_model() or platform.machine(), "cpu_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}
 

@@ -18,13 +18,16 @@ def time_to_accuracy(data: dict, out: Path) -> None:
     for key, label, style in (("ours", "fast recipe (fastnet)", "o-"), ("original", "original (ResNet18, Adam)", "s-")):
         if key in data:
             marks = data[key]["marks"]
+            other = data[key].get("machine", {}).get("cpu")  # a side measured on another machine says so
+            if other and other != data["machine"]["cpu"]:
+                label += f", on {other}"
             ax.plot([m["minutes"] for m in marks], [m["test_acc"] for m in marks], style, label=label)
             if key == "ours":
                 ax.plot([m["minutes"] for m in marks], [m["test_acc_tta"] for m in marks], "o--",
                         label="fast recipe, with TTA", alpha=0.7)
     ax.set_xlabel("training time (minutes, evaluation excluded)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"CIFAR-10 (JPEG copy), {data['machine']['device']}")
+    ax.set_title(f"CIFAR-10 (JPEG copy), {data['machine']['cpu']}, {data['machine']['cpu_cores']} cores", fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import random
 import sys
 import tempfile
@@ -47,14 +48,28 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), e.g. 'AMD EPYC 7B13'; '' when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def device_description(device: torch.device) -> str:
-    """Human-readable device name, e.g. 'cuda (Tesla T4, compute capability 7.5)' or 'cpu (2 threads)'."""
+    """Human-readable device name, e.g. 'cuda (Tesla T4, compute capability 7.5)' or
+    'cpu (Intel(R) Xeon(R) Processor, 2 threads)': timings are only comparable on the same hardware."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
     if device.type == "cpu":
         n = torch.get_num_threads()
-        return f"cpu ({n} thread{'s' if n != 1 else ''})"
+        model = cpu_model()
+        return f"cpu ({model + ', ' if model else ''}{n} thread{'s' if n != 1 else ''})"
     return device.type
 
 

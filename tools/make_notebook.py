@@ -42,8 +42,8 @@ MAX_LR = 0.4                 # peak LR of OneCycle, or "auto" to use the LR find
 SEED = 1
 NORM = "batch"               # batch | group | layer
 EMA = 0.0                    # e.g. 0.999: also evaluate an exponential moving average of the weights
-MIXUP = 0.0                  # MixUp alpha (0 = off)
-CUTMIX = 0.0                 # CutMix alpha (0 = off)
+MIXUP = 0.0                  # MixUp alpha (0: off)
+CUTMIX = 0.0                 # CutMix alpha (0: off)
 RUN_LR_FINDER = False
 CAM_METHOD = "gradcam"       # gradcam | gradcam++ | xgradcam | layercam | eigencam | scorecam
 CAM_LAYER = ""               # empty: the model's default layer (a map of at least 7x7)
