@@ -20,7 +20,12 @@ cutout, SGD + OneCycle.
 On Colab: choose a GPU runtime (Runtime > Change runtime type), then Runtime > Run all. With `USE_DRIVE = True`
 (the default) the run folder lives on your Google Drive: after a disconnect, **Run all again continues the run
 from its last checkpoint** (checkpoints are written at the end of every epoch and every 10 minutes inside one).
-A finished run is shown again without retraining; set `OVERWRITE = True` to start it over."""))
+A finished run is shown again without retraining; set `OVERWRITE = True` to start it over.
+
+The outputs saved in this file show the README's headline run (the `fast` recipe on a CIFAR-10 JPEG copy, on a
+2-core CPU), opened with `papermill S7.ipynb S7.ipynb -p DATASET folder -p DATA_DIR data/cifar10-jpeg -p MODEL
+fastnet -p RECIPE fast -p EPOCHS 10 -p BATCH_SIZE 512 -p MAX_LR 0.75 -p RUN_DIR runs/readme-fast`; Run all
+replaces them with your own run."""))
 cells.append(code("""# Install the package when it is not importable: on Colab from GitHub (set REPO_URL to your
 # fork), inside a checkout (local Jupyter, CI) the checkout itself is used. torch is never pinned.
 REPO_URL = "https://github.com/OWNER/eva8_utils"
