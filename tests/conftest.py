@@ -12,6 +12,39 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (``-n``), each worker gets one core: torch in the worker and in the CLI
+# processes it starts uses one thread, so that two workers do not fight over two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test session, also under pytest-xdist.
+
+    With several workers (``-n``), the first worker that asks builds it under the session's
+    common temporary folder while holding a lock; the others wait and reuse it. A build that
+    fails leaves no mark, so the next worker tries again (and fails the same way).
+    """
+    import fcntl
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N: shared by the workers of this session
+    folder, built = root / f"shared-{name}", root / f"shared-{name}.built"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            built.touch()
+    return folder
+
+
 # A tiny, fast configuration for end-to-end runs on CPU.
 TINY = ["--dataset", "shapes", "--shapes-train", "256", "--shapes-test", "64", "--model", "fastnet",
         "--batch-size", "64", "--no-progress", "--no-analysis", "--tta", "none", "--seed", "3"]
@@ -26,24 +59,106 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """``python -m eva8_utils.main ARGS`` in a subprocess; returns the completed process."""
-    return subprocess.run([sys.executable, "-m", "eva8_utils.main", *args], cwd=cwd or ROOT, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, own_process: bool = False,
+            **env: str) -> subprocess.CompletedProcess:
+    """``python -m eva8_utils.main ARGS``; returns the completed process (returncode, stdout, stderr).
+
+    Runs in this process (the CLI's ``main``, output captured) unless ``own_process`` is set or
+    extra environment variables are given: starting Python and importing torch costs seconds
+    per call. Tests of what only a real process shows (signals, kills, imports from
+    PYTHONPATH, the console script, a closed pipe) ask for ``own_process``.
+    """
+    if own_process or env:
+        return subprocess.run([sys.executable, "-m", "eva8_utils.main", *args], cwd=cwd or ROOT,
+                              env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
+    return run_in_process(args, cwd)
+
+
+def run_in_process(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI's ``main(args)`` in this process, stdout/stderr captured, the working folder and
+    the package's log handlers restored afterwards."""
+    import contextlib
+    import io
+    import logging
+
+    from eva8_utils.main import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse --help
+                code = e.code if isinstance(e.code, int) else 0
+    finally:
+        os.chdir(here)
+        log = logging.getLogger("eva8_utils")
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+SMOKE_ARGS = ["--dataset", "shapes", "--model", "fastnet", "--epochs", "3", "--no-progress"]
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """The documented smoke run: fastnet on shapes for 3 epochs, with the full analysis."""
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    proc = run_cli(["--dataset", "shapes", "--model", "fastnet", "--epochs", "3", "--out", str(out),
-                    "--no-progress"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+
+    def build(folder: Path) -> None:
+        proc = run_cli(SMOKE_ARGS + ["--out", str(folder / "run")])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    return shared_between_workers(tmp_path_factory, "smoke", build) / "run"
+
+
+# With workers, the controller process has nothing to do while they run: it starts the smoke
+# run at once, in the background, under the same lock as shared_between_workers, so that no
+# worker sits waiting for it later. If that build fails, the first test that needs it builds
+# it again and shows why.
+_PREBUILD = """
+import fcntl, subprocess, sys
+from pathlib import Path
+root, name = Path(sys.argv[1]), sys.argv[2]
+with open(root / f"shared-{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / f"shared-{name}.built").exists():
+        run = root / f"shared-{name}" / "run"
+        proc = subprocess.run([sys.executable, "-m", "eva8_utils.main", *sys.argv[3:], "--out", str(run)],
+                              capture_output=True)
+        if proc.returncode == 0:
+            (root / f"shared-{name}.built").touch()
+"""
+
+
+def pytest_sessionstart(session):
+    config = session.config
+    whole_suite = not config.option.keyword and all(Path(a).resolve() == ROOT / "tests" or Path(a).resolve() == ROOT
+                                                     for a in config.args)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None) or not whole_suite:
+        return
+    root = config._tmp_path_factory.getbasetemp()
+    config._eva8_prebuild = subprocess.Popen([sys.executable, "-c", _PREBUILD, str(root), "smoke", *SMOKE_ARGS],
+                                             cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"),
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the smoke run go last, which gives its background build time."""
+    items.sort(key=lambda item: "smoke_run" in getattr(item, "fixturenames", ()))  # stable
+
+
+def pytest_sessionfinish(session):
+    proc = getattr(session.config, "_eva8_prebuild", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, run_cli, shared_between_workers
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +24,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    proc = run_cli(["--dataset", "shapes", "--shapes-train", "1024", "--shapes-test", "64", "--model", "fastnet",
-                    "--width", "0.5", "--epochs", "3", "--batch-size", "64", "--no-progress", "--no-analysis",
-                    "--tta", "none", "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out / "checkpoints" / "best.pt"
+    def build(folder):
+        proc = run_cli(["--dataset", "shapes", "--shapes-train", "1024", "--shapes-test", "64", "--model", "fastnet",
+                        "--width", "0.5", "--epochs", "3", "--batch-size", "64", "--no-progress", "--no-analysis",
+                        "--tta", "none", "--out", str(folder / "run")])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    return shared_between_workers(tmp_path_factory, "demo", build) / "run" / "checkpoints" / "best.pt"
 
 
 def _correct_image(checkpoint, folder):

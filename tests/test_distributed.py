@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, read_metrics, run_cli
+from conftest import ROOT, cli_env, read_metrics, run_cli, shared_between_workers
 from eva8_utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -41,21 +41,22 @@ def _assert_finished(proc, out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ddp")
-    t0 = time.perf_counter()
-    two = _torchrun(COMMON + ["--batch-size", "32", "--out", str(base / "two")])
-    t_two = time.perf_counter() - t0
-    _assert_finished(two, base / "two")
-    t0 = time.perf_counter()
-    one = run_cli(COMMON + ["--batch-size", "64", "--out", str(base / "one")], OMP_NUM_THREADS="1")
-    t_one = time.perf_counter() - t0
-    assert one.returncode == 0, one.stderr[-3000:]
-    (base / "timing.json").write_text(json.dumps({"two_ranks_s": t_two, "one_process_s": t_one}))
-    return base, two, one
+    def build(base):
+        t0 = time.perf_counter()
+        two = _torchrun(COMMON + ["--batch-size", "32", "--out", str(base / "two")])
+        t_two = time.perf_counter() - t0
+        _assert_finished(two, base / "two")
+        t0 = time.perf_counter()
+        one = run_cli(COMMON + ["--batch-size", "64", "--out", str(base / "one")], OMP_NUM_THREADS="1")
+        t_one = time.perf_counter() - t0
+        assert one.returncode == 0, one.stderr[-3000:]
+        (base / "timing.json").write_text(json.dumps({"two_ranks_s": t_two, "one_process_s": t_one}))
+
+    return shared_between_workers(tmp_path_factory, "ddp", build)
 
 
 def test_two_ranks_give_the_same_weights_as_one_process_with_double_batch(runs):
-    base, _, _ = runs
+    base = runs
     a = load_checkpoint(base / "two" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(base / "one" / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys() and not any(k.startswith("module.") for k in a)
@@ -68,7 +69,7 @@ def test_two_ranks_give_the_same_weights_as_one_process_with_double_batch(runs):
 
 
 def test_every_test_image_is_counted_once_and_only_rank0_writes(runs):
-    base, two, _ = runs
+    base = runs
     log = (base / "two" / "log.txt").read_text()
     assert log.count("/101 (") == 2  # 101 test images over 2 ranks, each counted once, per epoch
     assert "x 2 ranks" in log and "batch 32 x 2" in log
@@ -77,7 +78,7 @@ def test_every_test_image_is_counted_once_and_only_rank0_writes(runs):
 
 
 def test_a_checkpoint_from_two_ranks_resumes_in_one_process_and_back(runs, tmp_path):
-    base, _, _ = runs
+    base = runs
     import shutil
 
     def rewind(run):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY, cli_env, read_metrics, run_cli
+from conftest import TINY, cli_env, read_metrics, run_cli, shared_between_workers
 from eva8_utils.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from eva8_utils.errors import CheckpointError, NonFiniteLossError
 from eva8_utils.utils import atomic_write_text
@@ -28,10 +28,11 @@ KILL_ARGS = ["--dataset", "shapes", "--shapes-train", "1024", "--shapes-test", "
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight") / "run"
-    proc = run_cli(KILL_ARGS + ["--out", str(out), "--no-progress"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    def build(folder):
+        proc = run_cli(KILL_ARGS + ["--out", str(folder / "run"), "--no-progress"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    return shared_between_workers(tmp_path_factory, "straight", build) / "run"
 
 
 def _start(args):
