@@ -21,19 +21,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
-    """A folder that ``build(folder)`` fills once per test session, also under pytest-xdist.
-
-    With several workers (``-n``), the first worker that asks builds it under the session's
-    common temporary folder while holding a lock; the others wait and reuse it. A build that
-    fails leaves no mark, so the next worker tries again (and fails the same way).
-    """
+def build_once(root: Path, name: str, build) -> Path:
+    """``root/shared-NAME``, filled by ``build(folder)`` unless an earlier call did, under a file
+    lock, so that parallel processes wait for one build and reuse it. A build that fails
+    leaves no mark, so the next caller tries again (and fails the same way)."""
     import fcntl
     import shutil
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # .../pytest-N: shared by the workers of this session
     folder, built = root / f"shared-{name}", root / f"shared-{name}.built"
     with open(root / f"shared-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -43,6 +37,15 @@ def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
             build(folder)
             built.touch()
     return folder
+
+
+def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test session, also under pytest-xdist:
+    the workers share the session's common temporary folder (:func:`build_once`)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N: shared by the workers of this session
+    return build_once(root, name, build)
 
 
 # A tiny, fast configuration for end-to-end runs on CPU.
@@ -59,16 +62,14 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, own_process: bool = False,
-            **env: str) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """``python -m eva8_utils.main ARGS``; returns the completed process (returncode, stdout, stderr).
 
-    Runs in this process (the CLI's ``main``, output captured) unless ``own_process`` is set or
-    extra environment variables are given: starting Python and importing torch costs seconds
-    per call. Tests of what only a real process shows (signals, kills, imports from
-    PYTHONPATH, the console script, a closed pipe) ask for ``own_process``.
+    Runs in this process (the CLI's ``main``, output captured): starting Python and importing
+    torch costs seconds per call. Given environment variables (e.g. ``PYTHONPATH`` for a
+    user's module, ``OMP_NUM_THREADS``), it starts a real process with them.
     """
-    if own_process or env:
+    if env:
         return subprocess.run([sys.executable, "-m", "eva8_utils.main", *args], cwd=cwd or ROOT,
                               env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
     return run_in_process(args, cwd)
@@ -107,46 +108,32 @@ def read_metrics(run_dir: Path) -> dict:
 SMOKE_ARGS = ["--dataset", "shapes", "--model", "fastnet", "--epochs", "3", "--no-progress"]
 
 
+def build_smoke_run(folder: Path) -> None:
+    proc = run_cli(SMOKE_ARGS + ["--out", str(folder / "run")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """The documented smoke run: fastnet on shapes for 3 epochs, with the full analysis."""
-
-    def build(folder: Path) -> None:
-        proc = run_cli(SMOKE_ARGS + ["--out", str(folder / "run")])
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    return shared_between_workers(tmp_path_factory, "smoke", build) / "run"
-
-
-# With workers, the controller process has nothing to do while they run: it starts the smoke
-# run at once, in the background, under the same lock as shared_between_workers, so that no
-# worker sits waiting for it later. If that build fails, the first test that needs it builds
-# it again and shows why.
-_PREBUILD = """
-import fcntl, subprocess, sys
-from pathlib import Path
-root, name = Path(sys.argv[1]), sys.argv[2]
-with open(root / f"shared-{name}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (root / f"shared-{name}.built").exists():
-        run = root / f"shared-{name}" / "run"
-        proc = subprocess.run([sys.executable, "-m", "eva8_utils.main", *sys.argv[3:], "--out", str(run)],
-                              capture_output=True)
-        if proc.returncode == 0:
-            (root / f"shared-{name}.built").touch()
-"""
+    return shared_between_workers(tmp_path_factory, "smoke", build_smoke_run) / "run"
 
 
 def pytest_sessionstart(session):
+    """With workers, the controller process has nothing to do while they run: it starts the
+    smoke run at once, in the background, through :func:`build_once` (the same lock), so that
+    no worker sits waiting for it later. If that build fails, the first test that needs the
+    run builds it again and shows why."""
     config = session.config
-    whole_suite = not config.option.keyword and all(Path(a).resolve() == ROOT / "tests" or Path(a).resolve() == ROOT
-                                                     for a in config.args)
+    whole_suite = not config.option.keyword and all(Path(a).resolve() in (ROOT, ROOT / "tests") for a in config.args)
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None) or not whole_suite:
         return
+    code = "import sys, conftest; conftest.build_once(conftest.Path(sys.argv[1]), 'smoke', conftest.build_smoke_run)"
     root = config._tmp_path_factory.getbasetemp()
-    config._eva8_prebuild = subprocess.Popen([sys.executable, "-c", _PREBUILD, str(root), "smoke", *SMOKE_ARGS],
-                                             cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"),
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config._eva8_prebuild = subprocess.Popen(
+        [sys.executable, "-c", code, str(root)], cwd=ROOT,
+        env=cli_env(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")])),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def pytest_collection_modifyitems(config, items):
