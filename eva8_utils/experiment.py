@@ -35,7 +35,7 @@ from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceM
                      choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
 from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
-from .utils import device_description, get_device, model_summary, seed_everything
+from .utils import device_description, get_device, keep_freed_memory, model_summary, seed_everything
 
 logger = logging.getLogger("eva8_utils")
 
@@ -119,6 +119,8 @@ class Experiment:
         self.cfg = cfg
         self.device = D.init_from_env(get_device(cfg.device) if device is None else torch.device(device))
         self.precision = choose_precision(self.device, cfg.precision)
+        if self.device.type == "cpu" and cfg.cpu_keep_memory:
+            keep_freed_memory()
         if cfg.sync_bn and D.world_size() > 1 and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
                               "for multi-process CPU runs use --norm group or --norm layer")

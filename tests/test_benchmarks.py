@@ -69,3 +69,29 @@ def test_long_run_memory_records_every_epoch(tmp_path):
     r = json.loads(path.read_text())
     assert sorted(int(k) for k in r["per_epoch"]) == list(range(1, 11))
     assert r["peak_rss_mb_at_epoch_10"] >= max(v[0] for v in r["per_epoch"].values()) - 1
+
+
+def test_tta_schemes_match_the_package_and_shift_the_right_way():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_tta
+    import torch
+    from eva8_utils.engine import tta_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 5)).eval()
+    x = torch.randn(6, 3, 8, 8)
+    sch = bench_tta.schemes(2)
+    for name, weights in sch.items():
+        assert sum(weights.values()) == pytest.approx(1.0), name
+    assert (len(sch["flip_shift8"]), len(sch["flip_grid3"]), len(sch["flip_grid5"])) == (18, 18, 50)
+    logits = bench_tta.view_logits(model, x, 2, batch=4, amp=False)
+    assert len(logits) == 50 and logits[(0, 0, False)].shape == (6, 5)
+    with torch.no_grad():
+        for mode in ("none", "flip", "flip_translate"):
+            ours = bench_tta.combine(logits, sch[mode])
+            assert torch.allclose(ours, tta_logits(model, x, mode), atol=1e-5), mode
+    # a view shifted by (dy, dx) shows image(i + dy, j + dx) inside the image
+    views = dict(bench_tta.views(x, 2))
+    assert torch.equal(views[(1, -2, False)][..., 2:6, 2:6], x[..., 3:7, 0:4])
+    assert torch.equal(views[(0, 1, True)], views[(0, 1, False)].flip(-1))

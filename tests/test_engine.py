@@ -1,5 +1,9 @@
 import copy
 import math
+import platform
+import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -539,3 +543,33 @@ def test_divergence_monitor_warns_once_with_a_hint():
     for v in np.linspace(2.3, 2.6, 10):
         chance.update(v)
     assert "still at chance" in chance.end_epoch(1, 10.5)
+
+
+_FAULTS = """
+import resource, sys, torch
+from eva8_utils.config import TrainConfig
+from eva8_utils.experiment import Experiment
+Experiment(TrainConfig(dataset="shapes", device="cpu", cpu_keep_memory=sys.argv[1] == "1"))
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    x = torch.ones(16 * 2**20); del x  # 64 MB, as large as a training step's activations
+before = faults()
+for _ in range(5):
+    x = torch.ones(16 * 2**20); del x
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_cpu_runs_reuse_freed_memory_instead_of_faulting_in_new_pages():
+    from conftest import ROOT, cli_env
+
+    def faults(keep: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, keep], cwd=ROOT, env=cli_env(), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    pages = 5 * 64 * 2**20 // resource.getpagesize()
+    assert faults("0") > 0.9 * pages  # glibc's default: a fresh mmap, faulted in page by page, every time
+    assert faults("1") < 0.01 * pages  # kept: the freed block is reused
