@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             z = combine(logits, weights)
             row[name] = round(100.0 * (z.argmax(1) == y).float().mean().item(), 2)
         if i == 0:  # the recomputed flip_translate against the package's own function
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 ref = torch.cat([tta_logits(model, x[j:j + 1000].contiguous(memory_format=torch.channels_last),
                                             "flip_translate").float() for j in range(0, len(x), 1000)])
             row["flip_translate_package"] = round(100.0 * (ref.argmax(1) == y).float().mean().item(), 2)
