@@ -572,4 +572,6 @@ def test_cpu_runs_reuse_freed_memory_instead_of_faulting_in_new_pages():
 
     pages = 5 * 64 * 2**20 // resource.getpagesize()
     assert faults("0") > 0.9 * pages  # glibc's default: a fresh mmap, faulted in page by page, every time
-    assert faults("1") < 0.01 * pages  # kept: the freed block is reused
+    # kept: the freed block is reused. Usually no allocation faults; under load a small allocation
+    # sometimes splits the freed block once, and one of the five gets fresh pages.
+    assert faults("1") < 0.25 * pages
