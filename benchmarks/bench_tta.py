@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from eva8_utils.checkpoint import load_model  # noqa: E402
 from eva8_utils.data import load_folder  # noqa: E402
 from eva8_utils.engine import tta_logits  # noqa: E402
+from eva8_utils.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from eva8_utils.utils import normalize  # noqa: E402
 
 
@@ -95,6 +96,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-shift", type=int, default=2, choices=(1, 2))
     p.add_argument("--json", default="", help="write the results here")
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (CheckpointError, DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    missing = [r for r in args.runs if not (Path(r) / "checkpoints" / "last.pt").is_file()]
+    if missing:
+        raise CheckpointError(f"{missing[0]} has no checkpoints/last.pt; give run folders of finished runs")
     splits = load_folder(args.data_dir)
     y = torch.as_tensor(splits.y_test)
     results = {}

@@ -95,3 +95,11 @@ def test_tta_schemes_match_the_package_and_shift_the_right_way():
     views = dict(bench_tta.views(x, 2))
     assert torch.equal(views[(1, -2, False)][..., 2:6, 2:6], x[..., 3:7, 0:4])
     assert torch.equal(views[(0, 1, True)], views[(0, 1, False)].flip(-1))
+
+
+def test_tta_benchmark_refuses_a_folder_without_a_checkpoint(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/bench_tta.py", "--data-dir", str(tmp_path), str(tmp_path)],
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [f"error: {tmp_path} has no checkpoints/last.pt; give run folders of "
+                                               f"finished runs"]
