@@ -103,6 +103,12 @@ def main(argv=None) -> int:
         return 2
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in %, two decimals."""
+    return round(100.0 * (logits.argmax(1) == y).float().mean().item(), 2)
+
+
+@torch.no_grad()
 def _run(args) -> int:
     missing = [r for r in args.runs if not (Path(r) / "checkpoints" / "last.pt").is_file()]
     if missing:
@@ -117,13 +123,12 @@ def _run(args) -> int:
         logits = view_logits(model, x, args.max_shift)
         row = {}
         for name, weights in schemes(args.max_shift).items():
-            z = combine(logits, weights)
-            row[name] = round(100.0 * (z.argmax(1) == y).float().mean().item(), 2)
+            row[name] = accuracy(combine(logits, weights), y)
         if i == 0:  # the recomputed flip_translate against the package's own function
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
                 ref = torch.cat([tta_logits(model, x[j:j + 1000].contiguous(memory_format=torch.channels_last),
                                             "flip_translate").float() for j in range(0, len(x), 1000)])
-            row["flip_translate_package"] = round(100.0 * (ref.argmax(1) == y).float().mean().item(), 2)
+            row["flip_translate_package"] = accuracy(ref, y)
         metrics = Path(run) / "metrics.json"
         if metrics.is_file():
             row["metrics_json_tta"] = json.loads(metrics.read_text()).get("test_acc_tta")
