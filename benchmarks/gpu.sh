@@ -3,7 +3,7 @@
 # H100/H200-class GPU):
 #   1. the resnet18 recipe for 20 epochs: seconds per epoch, test accuracy plain and with TTA;
 #   2. the fast recipe's time to 94% test accuracy (TTA): one-cycle runs of growing length, the
-#      shortest one that reaches 94% gives the time;
+#      shortest one that reaches 94% gives the time; then one run of the fast_muon recipe;
 #   3. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader).
 #
 # Usage:  bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]
@@ -19,11 +19,11 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 
 if [ "${SMOKE:-0}" = "1" ]; then
-  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1"; LIMIT="--shapes-train 256 --shapes-test 64 --batch-size 64"; DS="--dataset shapes"
+  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="1"; MUON_EPOCHS="--epochs 2 --low-res-epochs 1"; LIMIT="--shapes-train 256 --shapes-test 64 --batch-size 64"; DS="--dataset shapes"
   TP="--device cpu --synthetic 1024 --batch-size 64 --models fastnet --data-batches 2 --step-batches fastnet=2"
   TP="$TP --repeats 1 --workers 0"
 else
-  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12 14 16}"; LIMIT=""; DS="--dataset folder --data-dir $DATA"
+  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12 14 16}"; MUON_EPOCHS=""; LIMIT=""; DS="--dataset folder --data-dir $DATA"
   TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 90 --step-batches fastnet=90,resnet18=40"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi") > "$OUT/gpu.txt"
@@ -44,6 +44,10 @@ sys.exit(0 if m.get("test_acc_tta", 0) >= 94.0 else 1)
 PY
   then break; fi
 done
+
+echo "== 2b. fast_muon recipe"
+$PY -m eva8_utils.main --recipe fast_muon $DS $LIMIT $MUON_EPOCHS --device "$DEV" \
+  --out "$OUT/fast_muon" --overwrite --no-progress --no-analysis | tee "$OUT/fast_muon.log"
 
 echo "== 3. throughput, ours vs classic"
 $PY benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"

@@ -21,7 +21,8 @@ def main() -> None:
                                                        "train_time_s", "device")}
         print(f"resnet18 recipe: {m['epochs']} epochs, {m.get('epoch_time_s')} s/epoch, test {m['test_acc']:.2f}% "
               f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%) on {m.get('device')}")
-    fast = sorted(out.glob("fast_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    fast = sorted((p for p in out.glob("fast_*/metrics.json") if p.parent.name.split("_")[1].isdigit()),
+                  key=lambda p: int(p.parent.name.split("_")[1]))
     runs = []
     for p in fast:
         m = json.loads(p.read_text())
@@ -32,6 +33,13 @@ def main() -> None:
     hit = [r for r in runs if (r.get("test_acc_tta") or 0) >= 94.0]
     summary["fast_time_to_94_s"] = hit[0]["train_time_s"] if hit else None
     print("fast recipe time to 94% (TTA): " + (f"{hit[0]['train_time_s']} s" if hit else "not reached"))
+    muon = out / "fast_muon" / "metrics.json"
+    if muon.exists():
+        m = json.loads(muon.read_text())
+        summary["fast_muon"] = {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s",
+                                                        "epoch_time_s")}
+        print(f"fast_muon recipe {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
+              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
     tp = out / "throughput.json"
     if tp.exists():
         t = json.loads(tp.read_text())

@@ -31,6 +31,7 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     assert [r["epochs"] for r in s["fast"]] == [1]
     reached = [r for r in s["fast"] if r["test_acc_tta"] >= 94.0]
     assert s["fast_time_to_94_s"] == (reached[0]["train_time_s"] if reached else None)
+    assert s["fast_muon"]["epochs"] == 2 and 0 <= s["fast_muon"]["test_acc"] <= 100
     steps = s["throughput"]["step_images_per_s"]["fastnet"]
     for k, v in s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"].items():
         assert v == pytest.approx(steps["ours"] / steps[k], abs=0.01)

@@ -38,7 +38,7 @@ CASES = [
     (["--cam-method", "gradcam3"], "choose one of: eigencam, gradcam, gradcam++, layercam, scorecam, xgradcam"),
     (["--cam-smooth", "blur"], "choose one of: aug, eigen, none"),
     (["--norm", "instance"], "choose one of: batch, group, layer"),
-    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, resnet18"),
+    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, fast_muon, resnet18"),
     (["--flip", "sideways"], "--flip 'sideways' is not valid; choose one of: alternate, none, random"),
     (["--ema", "1.5"], "--ema must be 0 (off) or a decay in (0, 1)"),
     (["--mixup", "-1"], "--mixup must be >= 0"),
@@ -124,6 +124,32 @@ def test_precedence_defaults_recipe_yaml_flags(tmp_path):
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.bias_lr_scale) == ("fastnet", 7, 256, 64.0)
     cfg = config_from_args(["--recipe", "fast", "--model", "resnet18", "--max-lr", "0.2"])
     assert cfg.model == "resnet18" and cfg.lr == 0.2
+
+
+def test_fast_muon_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_first_six_epochs():
+    import eva8_utils as E
+    from eva8_utils.engine import MuonSGD
+
+    cfg = build_config(flags=dict(recipe="fast_muon", dataset="shapes", shapes_train=64, shapes_test=16,
+                                  batch_size=16, progress=False))
+    assert (cfg.model, cfg.epochs, cfg.low_res_size, cfg.low_res_epochs, cfg.lookahead) == ("fastnet", 10, 24, 6, False)
+    exp = E.build(cfg)
+    assert isinstance(exp.optimizer, MuonSGD)
+    muon, head, biases = exp.optimizer.param_groups
+    assert muon["muon"] and all(p.ndim == 4 for p in muon["params"]) and muon["weight_decay"] == 0
+    assert (muon["lr"], muon["momentum"], head["momentum"], biases["momentum"]) == (pytest.approx(0.24), 0.6, 0.85, 0.85)
+    assert head["params"] == [exp.model.head.weight]
+    # airbench94_muon's LRs (0.67 and 0.053 on a loss summed over 2000 images; its head's output is scaled
+    # by 1/256 where fastnet's is by 1/9, so the head's step moves the logits alike at lr * scale^2)
+    # and its decay per step (0.004)
+    assert head["lr"] * (1 / 9) ** 2 == pytest.approx(0.67 * 2000 * (1 / 256) ** 2, rel=0.01)
+    assert biases["lr"] == pytest.approx(0.053 * 2000, rel=0.001)
+    assert [g["lr"] * g["weight_decay"] for g in (head, biases)] == [pytest.approx(0.004, rel=0.01)] * 2
+    sizes = []
+    for epoch in (1, 6, 7, 10):
+        exp.train_loader.set_epoch(epoch)
+        sizes.append(exp.train_loader.epoch_image_size())
+    assert sizes == [(24, 24), (24, 24), (32, 32), (32, 32)]
 
 
 def test_defaults_are_the_assignment():
