@@ -10,6 +10,14 @@ import sys
 from pathlib import Path
 
 
+def _fast_run(name: str, metrics: Path) -> dict:
+    """One fastnet run's summary entry, and its line printed."""
+    m = json.loads(metrics.read_text())
+    print(f"{name} {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
+          f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
+    return {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s", "epoch_time_s")}
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out/gpu")
     gpu = (out / "gpu.txt").read_text().strip().splitlines() if (out / "gpu.txt").exists() else ["?"]
@@ -21,25 +29,15 @@ def main() -> None:
                                                        "train_time_s", "device")}
         print(f"resnet18 recipe: {m['epochs']} epochs, {m.get('epoch_time_s')} s/epoch, test {m['test_acc']:.2f}% "
               f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%) on {m.get('device')}")
-    fast = sorted((p for p in out.glob("fast_*/metrics.json") if p.parent.name.split("_")[1].isdigit()),
-                  key=lambda p: int(p.parent.name.split("_")[1]))
-    runs = []
-    for p in fast:
-        m = json.loads(p.read_text())
-        runs.append({k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s", "epoch_time_s")})
-        print(f"fast recipe {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
-              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
+    runs = [_fast_run("fast recipe", p) for p in
+            sorted(out.glob("fast_[0-9]*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))]
     summary["fast"] = runs
     hit = [r for r in runs if (r.get("test_acc_tta") or 0) >= 94.0]
     summary["fast_time_to_94_s"] = hit[0]["train_time_s"] if hit else None
     print("fast recipe time to 94% (TTA): " + (f"{hit[0]['train_time_s']} s" if hit else "not reached"))
     muon = out / "fast_muon" / "metrics.json"
     if muon.exists():
-        m = json.loads(muon.read_text())
-        summary["fast_muon"] = {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s",
-                                                        "epoch_time_s")}
-        print(f"fast_muon recipe {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
-              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
+        summary["fast_muon"] = _fast_run("fast_muon recipe", muon)
     tp = out / "throughput.json"
     if tp.exists():
         t = json.loads(tp.read_text())
