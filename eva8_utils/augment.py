@@ -45,6 +45,7 @@ class AugmentConfig:
     contrast: float = 0.2          # max contrast change (fraction)
     low_res_size: int = 0          # progressive resizing: side of the early epochs' images (0 = off)
     low_res_epochs: int = 0        # ... for this many epochs
+    low_res_mode: str = "resize"   # ... resize the whole image | crop a random window of that side
     mixup: float = 0.0             # MixUp Beta(alpha, alpha) parameter (0 = off)
     cutmix: float = 0.0            # CutMix Beta(alpha, alpha) parameter (0 = off)
     mix_p: float = 1.0             # probability that a batch is mixed
@@ -167,14 +168,23 @@ def crop(x: torch.Tensor, padding: int, offset_y: torch.Tensor, offset_x: torch.
     ``out[b, :, i, j] == padded[b, :, i + offset_y[b], j + offset_x[b]]``, so an offset of
     ``padding`` returns the image unchanged.
     """
-    b, c, h, w = x.shape
     mode = "constant" if pad_mode == "zeros" else "reflect"
-    padded = F.pad(x, (padding,) * 4, mode=mode)
+    return window(F.pad(x, (padding,) * 4, mode=mode), x.shape[-2:], offset_y, offset_x)
+
+
+def window(x: torch.Tensor, size: tuple[int, int], offset_y: torch.Tensor, offset_x: torch.Tensor) -> torch.Tensor:
+    """A ``size`` (h, w) window of each image at per-sample offsets (its top-left corner).
+
+    ``out[b, :, i, j] == x[b, :, i + offset_y[b], j + offset_x[b]]``; offsets lie in
+    ``[0, H - h]`` and ``[0, W - w]``.
+    """
+    b, c = x.shape[:2]
+    h, w = size
     rows = (offset_y.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
     cols = (offset_x.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
     bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
     ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[bi, ci, rows, cols]
+    return x[bi, ci, rows, cols]
 
 
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ NORMS = ("batch", "group", "layer")
 TTA_MODES = ("none", "flip", "flip_translate")
 PAD_MODES = ("zeros", "reflect")
 FLIP_MODES = ("random", "alternate", "none")
+LOW_RES_MODES = ("resize", "crop")
 ANNEAL = ("linear", "cos")
 CLIP_MODES = ("norm", "value")
 CAM_SMOOTH = ("none", "aug", "eigen")
@@ -100,9 +101,12 @@ class TrainConfig:
     jitter_p: float = _f(0.0, "probability of brightness/contrast jitter per sample", group="augmentation")
     brightness: float = _f(0.2, "jitter: max brightness change (fraction)", group="augmentation")
     contrast: float = _f(0.2, "jitter: max contrast change (fraction)", group="augmentation")
-    low_res_size: int = _f(0, "progressive resizing: train the first --low-res-epochs epochs on images resized "
-                              "(bilinear) to N x N pixels; 0 = off", group="augmentation")
+    low_res_size: int = _f(0, "progressive resizing: train the first --low-res-epochs epochs on N x N images "
+                              "(see --low-res-mode); 0 = off", group="augmentation")
     low_res_epochs: int = _f(0, "progressive resizing: how many epochs at --low-res-size", group="augmentation")
+    low_res_mode: str = _f("resize", "progressive resizing: resize = shrink the whole (augmented) image; crop = "
+                                     "a random N x N window of it, so objects keep the size they have at test time",
+                           choices=LOW_RES_MODES, group="augmentation")
     mixup: float = _f(0.0, "MixUp alpha: mix each batch with itself rolled by one, lambda ~ Beta(alpha, alpha), "
                            "soft targets (0 = off)", group="augmentation")
     cutmix: float = _f(0.0, "CutMix alpha: paste a box of area 1-lambda from the rolled batch, lambda ~ "
@@ -432,14 +436,16 @@ def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
 
     Args:
         yaml_values: values read by :func:`load_yaml`.
-        flags: values given explicitly on the command line (or by a caller).
+        flags: values given explicitly on the command line (or by a caller); a value of
+            ``None`` counts as not given, so that the recipe's (or the default) value holds
+            (the notebook's ``EPOCHS = None``).
         base: a full config to start from instead of the defaults.
 
     Returns:
         A validated :class:`TrainConfig`.
     """
     yaml_values = dict(yaml_values or {})
-    flags = dict(flags or {})
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
     unknown = sorted(k for k in list(yaml_values) + list(flags) if k not in _FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")

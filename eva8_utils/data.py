@@ -596,6 +596,11 @@ class DeviceLoader:
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = mean_t / std_t
         self.epoch = 0
+        a = self.aug
+        if a is not None and a.low_res_size and a.low_res_mode == "crop" and a.low_res_size > min(self.image_size):
+            h, w = self.image_size
+            raise DataError(f"--low-res-size {a.low_res_size} is larger than the {h}x{w} training images; with "
+                            "--low-res-mode crop it must be at most their side (or use --low-res-mode resize)")
 
     def __len__(self) -> int:
         return len(self._plan())
@@ -648,6 +653,12 @@ class DeviceLoader:
             # seen both ways every two epochs.
             base = torch.rand(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, 0, salt=7))) < 0.5
             params["flip"] = base[perm] ^ (self.epoch % 2 == 0)
+        size = self.epoch_image_size()
+        if self.aug is not None and self.aug.low_res_mode == "crop" and size != self.image_size:
+            (h, w), (lh, lw) = self.image_size, size
+            g2 = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, salt=13))
+            params["win_y"] = torch.randint(0, h - lh + 1, (n,), generator=g2)
+            params["win_x"] = torch.randint(0, w - lw + 1, (n,), generator=g2)
         return perm, params
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -688,9 +699,13 @@ class DeviceLoader:
             x = x_u8.float().mul_(self._scale).sub_(self._shift)
         if self.aug is not None and params:
             x = A.apply_geometric(x, params, self.aug)
-        if self.epoch_image_size() != self.image_size:  # progressive resizing: an early epoch at low resolution
-            x = torch.nn.functional.interpolate(x, size=self.epoch_image_size(), mode="bilinear", antialias=True,
-                                                align_corners=False)
+        size = self.epoch_image_size()
+        if size != self.image_size:  # progressive resizing: an early epoch at low resolution
+            if params and "win_y" in params:  # --low-res-mode crop
+                x = A.window(x, size, params["win_y"], params["win_x"])
+            else:
+                x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
+                                                    align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -239,3 +239,38 @@ def test_the_notebook_keeps_its_run_folder_on_drive_in_colab(tmp_path, monkeypat
     assert got == tmp_path / "drive" / "MyDrive" / "eva8_utils" / "runs" / "nb" and got.parent.is_dir()
     assert colab.run_folder("runs/nb", use_drive=True) == got and len(mounted) == 1  # mounted once
     assert colab.run_folder("runs/nb", use_drive=False) == __import__("pathlib").Path("runs/nb")
+
+
+def _notebook_config(**params):
+    """The config S7.ipynb builds: its parameters cell (with ``params`` set as papermill sets
+    them) and the ``cfg = E.build_config(...)`` statement of its setup cell, as written there."""
+    import ast
+    import json
+
+    import eva8_utils as E
+    from conftest import ROOT
+
+    cells = ["".join(c["source"]) for c in json.loads((ROOT / "S7.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
+    ns = {"E": E}
+    exec(next(c for c in cells if "EXTRA = {}" in c), ns)
+    ns.update(params)
+    setup = "\n".join(ln for ln in next(c for c in cells if "E.build_config(" in c).splitlines()
+                      if not ln.startswith(("%", "!")))  # IPython magics
+    call = next(n for n in ast.walk(ast.parse(setup)) if isinstance(n, ast.Assign)
+                and isinstance(n.value, ast.Call) and ast.unparse(n.value.func) == "E.build_config")
+    return eval(compile(ast.Expression(call.value), "S7.ipynb", "eval"), ns)
+
+
+def test_the_notebooks_recipe_decides_what_its_parameters_leave_unset():
+    assert _notebook_config().to_dict() == build_config().to_dict()  # the assignment, as the CLI's main job
+    for recipe in ("fast", "fast_muon", "resnet18"):
+        nb, cli = _notebook_config(RECIPE=recipe), build_config(flags=dict(recipe=recipe))
+        assert nb.to_dict() == cli.to_dict(), recipe
+    nb = _notebook_config(RECIPE="fast_muon")
+    assert (nb.model, nb.epochs, nb.batch_size, nb.lr, nb.low_res_epochs) == ("fastnet", 10, 2000, 0.24, 6)
+    # a parameter that is set overrides the recipe, as a flag does
+    nb = _notebook_config(RECIPE="fast", EPOCHS=3, BATCH_SIZE=256, MAX_LR=0.5, MODEL="resnet18")
+    assert (nb.model, nb.epochs, nb.batch_size, nb.lr, nb.optimizer) == ("resnet18", 3, 256, 0.5, "sgd")
+    assert nb.to_dict() == build_config(flags=dict(recipe="fast", epochs=3, batch_size=256, lr=0.5,
+                                                   model="resnet18")).to_dict()

@@ -312,3 +312,39 @@ def test_progressive_resizing_shrinks_only_the_early_epochs():
         sizes[epoch] = {tuple(x.shape[-2:]) for x, _ in ld}
     assert sizes == {1: {(20, 20)}, 2: {(20, 20)}, 3: {(32, 32)}}
     assert ld.batch_at([0])[0].shape[-1] == 32  # analysis and tests see the images as they are
+
+
+def test_progressive_resizing_by_crop_takes_seeded_windows_that_cover_each_axis():
+    # Non-square images, so that swapped y/x offsets cannot pass; no other augmentation,
+    # so each training image must be an exact 16x16 window of its normalised image.
+    g = torch.Generator().manual_seed(0)
+    x_u8 = torch.randint(0, 256, (400, 24, 40, 3), dtype=torch.uint8, generator=g)
+    y = torch.arange(400) % 10
+    aug = AugmentConfig(crop_padding=0, flip="none", cutout=0, low_res_size=16, low_res_epochs=2, low_res_mode="crop")
+    ld = D.DeviceLoader(x_u8, y, batch_size=400, mean=(0.5,) * 3, std=(0.25,) * 3, train=True, aug=aug,
+                        num_classes=10, seed=3)
+    ld.set_epoch(1)
+    perm, params = ld.epoch_order()
+    (xb, yb), = list(ld)
+    assert xb.shape == (400, 3, 16, 16) and torch.equal(yb, y[perm])
+    full, _ = ld.batch_at(perm)
+    oy, ox = params["win_y"], params["win_x"]
+    for b in (0, 1, 17, 399):
+        want = full[b, :, oy[b]:oy[b] + 16, ox[b]:ox[b] + 16]
+        assert torch.allclose(xb[b], want, atol=1e-6), b
+    # offsets: rows in [0, 24-16], columns in [0, 40-16], every value drawn
+    assert set(oy.tolist()) == set(range(9)) and set(ox.tolist()) == set(range(25))
+    assert (list(ld)[0][0] == xb).all()  # the same epoch gives the same windows (exact resume)
+    ld.set_epoch(2)
+    assert not torch.equal(ld.epoch_order()[1]["win_y"], oy)  # new windows every epoch
+    ld.set_epoch(3)
+    assert "win_y" not in ld.epoch_order()[1] and list(ld)[0][0].shape[-2:] == (24, 40)
+
+
+def test_progressive_resizing_by_crop_refuses_a_window_larger_than_the_images():
+    s = D.make_shapes(20, 4, seed=0)
+    aug = AugmentConfig(low_res_size=40, low_res_epochs=1, low_res_mode="crop")
+    with pytest.raises(DataError, match="--low-res-size 40 is larger than the 32x32 training images"):
+        D.DeviceLoader(s.x_train, s.y_train, batch_size=4, mean=s.mean, std=s.std, train=True, aug=aug)
+    resize = AugmentConfig(low_res_size=40, low_res_epochs=1)  # resize mode may also enlarge
+    D.DeviceLoader(s.x_train, s.y_train, batch_size=4, mean=s.mean, std=s.std, train=True, aug=resize)
