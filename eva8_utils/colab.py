@@ -1,4 +1,5 @@
-"""Colab helpers for the notebook: keep the run folder on Google Drive.
+"""Colab helpers for the notebook: keep the run folder on Google Drive, and show a
+mistake in the parameters as one line (as the command line does), not a traceback.
 
 A Colab VM's disk is gone after a disconnect; a run folder on Drive survives it, and
 re-running the notebook then continues the run from its last checkpoint (the
@@ -46,3 +47,30 @@ def run_folder(run_dir: str | Path, use_drive: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("run folder on Google Drive: %s", target)
     return target
+
+
+def one_line_errors() -> bool:
+    """In IPython or Jupyter (Colab included): show a :class:`~eva8_utils.errors.UserError`
+    (a mistake in the parameters, the data or a checkpoint) as the one line the command line
+    prints, ``error: <what is wrong and what to do>``, instead of a traceback. The cell still
+    fails, so Run all stops there; any other exception (a bug) keeps its traceback.
+
+    Returns:
+        Whether the handler was installed (False outside IPython).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    from .errors import UserError
+
+    def _one_line(shell, etype, value, tb, tb_offset=None):
+        stb = [f"error: {value}"]
+        shell._showtraceback(etype, value, stb)  # the cell's error output: this line only
+        return stb
+
+    shell.set_custom_exc((UserError,), _one_line)
+    return True

@@ -93,3 +93,20 @@ def test_the_notebook_is_the_cli_cell_by_cell(tmp_path, monkeypatch):
     assert "| starting over (OVERWRITE)" in text and "EPOCH: 1/2" in text
     assert (run_dir / "history.csv").read_text() == history
     assert (run_dir / "log.txt").read_text().count("run folder: ") == 1  # the old log was replaced
+
+
+def test_a_wrong_parameter_stops_the_notebook_with_one_line_and_writes_nothing(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import nbformat
+
+    out, run_dir = tmp_path / "bad.ipynb", tmp_path / "badrun"
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(str(ROOT / "S7.ipynb"), str(out), cwd=str(ROOT), kernel_name="python3",
+                                   progress_bar=False, execution_timeout=300,
+                                   parameters=dict(DATASET="shapes", RECIPE="fast_muon", EPOCHS=5, USE_DRIVE=False,
+                                                   RUN_DIR=str(run_dir)))
+    assert e.value.ename == "ConfigError" and "--low-res-epochs must be >= 0 and < --epochs (5)" in e.value.evalue
+    errors = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [o.traceback for o in errors] == [[f"error: {e.value.evalue}"]]  # the line, no traceback
+    assert not run_dir.exists()
