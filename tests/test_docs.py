@@ -67,3 +67,15 @@ def test_the_python_api_example_runs_and_is_reproducible(tmp_path):
         assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "report.md").is_file()
         histories.append((run_dir / "history.csv").read_text())
     assert histories[0] == histories[1] and len(histories[0].splitlines()) == 3
+
+
+def test_the_notebook_is_written_by_its_generator_and_keeps_its_default_parameters():
+    import json
+    import runpy
+
+    cells = runpy.run_path(str(ROOT / "tools" / "make_notebook.py"), run_name="cells_only")["cells"]
+    nb = json.loads((ROOT / "S7.ipynb").read_text())
+    assert [c["source"] for c in cells] == ["".join(c["source"]) for c in nb["cells"]], \
+        "edit tools/make_notebook.py, then regenerate S7.ipynb as its intro says"
+    assert not [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert "papermill" not in nb["metadata"]  # python tools/make_notebook.py --clean after papermill

@@ -1,4 +1,7 @@
-"""Writes S7.ipynb from the cells below, its one source: python tools/make_notebook.py"""
+"""Writes S7.ipynb from the cells below, its one source: python tools/make_notebook.py
+
+After the outputs are filled by papermill (see the notebook's intro): python tools/make_notebook.py --clean
+"""
 
 from pathlib import Path
 
@@ -23,9 +26,8 @@ from its last checkpoint** (checkpoints are written at the end of every epoch an
 A finished run is shown again without retraining; set `OVERWRITE = True` to start it over.
 
 The outputs saved in this file show the README's headline run (the `fast` recipe on a CIFAR-10 JPEG copy, on a
-2-core CPU), opened with `papermill S7.ipynb S7.ipynb -p DATASET folder -p DATA_DIR data/cifar10-jpeg -p MODEL
-fastnet -p RECIPE fast -p EPOCHS 10 -p BATCH_SIZE 512 -p MAX_LR 0.75 -p RUN_DIR runs/readme-fast`; Run all
-replaces them with your own run."""))
+2-core CPU), opened with `papermill S7.ipynb S7.ipynb -p DATASET folder -p DATA_DIR data/cifar10-jpeg -p RECIPE fast
+-p RUN_DIR runs/readme-fast` (then `python tools/make_notebook.py --clean`); Run all replaces them with your own run."""))
 cells.append(code("""# Install the package when it is not importable: on Colab from GitHub (set REPO_URL to your
 # fork), inside a checkout (local Jupyter, CI) the checkout itself is used. torch is never pinned.
 REPO_URL = "https://github.com/OWNER/eva8_utils"
@@ -39,11 +41,12 @@ params = code("""# Parameters (papermill: -p NAME VALUE). Any other TrainConfig 
 # e.g. EXTRA = {"l1": 1e-5, "scheduler": "plateau"}.
 DATASET = "cifar10"          # cifar10 | folder | shapes
 DATA_DIR = "./data"          # cifar10: download folder; folder: ROOT with train/ and test/
-MODEL = "resnet18"           # resnet18 | resnet34 | custom_resnet | fastnet | vit_tiny | package.module:callable
-RECIPE = ""                  # "" | "resnet18" | "fast"; the parameters here override it
-EPOCHS = 20
-BATCH_SIZE = 512
-MAX_LR = 0.4                 # peak LR of OneCycle, or "auto" to use the LR finder's suggestion
+RECIPE = ""                  # "" (the assignment) | "resnet18" (the same) | "fast" | "fast_muon"
+# None: the recipe's value (no recipe: the package's default); a value given here overrides the recipe.
+MODEL = None                 # resnet18 | resnet34 | custom_resnet | fastnet | vit_tiny | package.module:callable
+EPOCHS = None
+BATCH_SIZE = None
+MAX_LR = None                # peak LR of OneCycle, or "auto" to use the LR finder's suggestion
 SEED = 1
 NORM = "batch"               # batch | group | layer
 EMA = 0.0                    # e.g. 0.999: also evaluate an exponential moving average of the weights
@@ -69,9 +72,10 @@ from IPython.display import display
 
 import eva8_utils as E
 from eva8_utils import viz
-from eva8_utils.colab import run_folder
+from eva8_utils.colab import one_line_errors, run_folder
 
 E.setup_logging()  # the package logs the per-epoch lines; show them here
+one_line_errors()  # a mistake in the parameters: one line that says what to do, not a traceback
 cfg = E.build_config(flags=dict(
     recipe=RECIPE, dataset=DATASET, data_dir=DATA_DIR, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE,
     lr=MAX_LR, seed=SEED, norm=NORM, ema=EMA, mixup=MIXUP, cutmix=CUTMIX, cam_method=CAM_METHOD,
@@ -79,6 +83,8 @@ cfg = E.build_config(flags=dict(
 run = E.RunDir(run_folder(RUN_DIR, USE_DRIVE))
 cfg = run.open_for(cfg, overwrite=OVERWRITE)   # never replaces a run silently
 print("run folder:", run.path, "|", run.mode)
+print(f"recipe: {cfg.recipe or 'none'} | model {cfg.model} | {cfg.epochs} epochs | batch {cfg.batch_size} | "
+      f"{cfg.optimizer} LR {cfg.lr} ({cfg.scheduler})")
 exp = E.Experiment(cfg)
 print("eva8_utils", E.__version__, "| device:", E.utils.device_description(exp.device))
 print("precision:", exp.precision.describe())"""))
@@ -152,7 +158,29 @@ else:
 
 for i, cell in enumerate(cells):
     cell["id"] = f"cell-{i:02d}"   # stable ids: regenerating changes only what changed
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-               "language_info": {"name": "python"}, "accelerator": "GPU", "colab": {"provenance": []}}
-nbf.write(nb, str(Path(__file__).resolve().parents[1] / "S7.ipynb"))
+METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"}, "accelerator": "GPU", "colab": {"provenance": []}}
+NOTEBOOK = Path(__file__).resolve().parents[1] / "S7.ipynb"
+
+
+def clean(path: Path = NOTEBOOK) -> None:
+    """After papermill filled the outputs: drop its injected-parameters cell and its metadata, so that
+    the saved notebook's parameters are the defaults above (a user's Run all must not inherit them)."""
+    nb = nbf.read(str(path), as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for c in nb.cells:
+        c.metadata.pop("papermill", None)
+        c.metadata.pop("execution", None)
+        if not c.metadata.get("tags", True):
+            del c.metadata["tags"]
+    nb.metadata = dict(METADATA)
+    nbf.write(nb, str(path))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--clean"]:
+        clean()
+    else:
+        nbf.write(nbf.v4.new_notebook(cells=cells, metadata=METADATA), str(NOTEBOOK))
