@@ -50,6 +50,45 @@ RUN_CONTROL = ("out", "resume", "overwrite", "progress", "log_every", "analysis"
 _group = "run"
 
 
+# ---------------------------------------------------------------------------------------
+# Recipes: named presets, applied under YAML values and explicit flags.
+# ---------------------------------------------------------------------------------------
+RECIPES: dict[str, dict[str, Any]] = {
+    # The assignment, tuned for 20 epochs: ResNet18, crop+flip+cutout, SGD nesterov,
+    # OneCycle with linear warm-up/decay, label smoothing, TTA reported at the end.
+    "resnet18": dict(
+        model="resnet18", epochs=20, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
+        nesterov=True, weight_decay=5e-4, scheduler="onecycle", pct_start=0.25,
+        div_factor=10.0, final_div_factor=100.0, anneal="linear", cycle_momentum=False,
+        label_smoothing=0.1, crop_padding=4, pad_mode="zeros", flip="random", cutout=16,
+        tta="flip_translate",
+    ),
+    # fastnet tuned for the shortest time to a target accuracy, after airbench94 (see
+    # benchmarks/RESULTS.md): 2-pixel translations with reflect padding and flips, no
+    # cutout, SGD nesterov 0.85 with LR 0.75 per 512 images (mean loss) and a 64x LR on
+    # the norm biases, weight decay 1.33e-3, label smoothing 0.2, a triangular one-cycle
+    # (x0.2 -> peak at 23% -> x0.07), lookahead slow weights, the whitening (fitted on a
+    # class-balanced sample) with its bias frozen after 3 epochs, airbench94's alternating
+    # flip, TTA at the end.
+    "fast": dict(
+        model="fastnet", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85,
+        nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
+        pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
+        cycle_momentum=False, label_smoothing=0.2, crop_padding=2, pad_mode="reflect",
+        flip="alternate", cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
+    ),
+}
+# fast with Muon for the convolution filters (airbench94_muon's settings: batch 2000 with the
+# partial batch dropped, Muon LR 0.24 and momentum 0.6, SGD nesterov 0.85 for the head and biases
+# at airbench94_muon's per-image LRs and decay, a linear decay to 0, no lookahead) for 10 epochs,
+# the first 6 on 24x24 images (progressive resizing). See benchmarks/RESULTS.md, benchmark 4.
+RECIPES["fast_muon"] = dict(
+    RECIPES["fast"], optimizer="muon", lr=0.24, momentum=0.85, muon_momentum=0.6, bias_lr_scale=441.7,
+    head_lr_scale=6.9, weight_decay=0.0167, scheduler="linear", batch_size=2000, drop_last=True,
+    lookahead=False, epochs=10, low_res_size=24, low_res_epochs=6,
+)
+
+
 def _f(default: Any, help: str, *, choices: tuple[str, ...] | None = None, registry: str | None = None,
        group: str | None = None) -> Any:
     """A dataclass field carrying its help text, flag group and choices as metadata.
@@ -178,7 +217,7 @@ class TrainConfig:
 
     # --- run ----------------------------------------------------------------------------
     recipe: str = _f("", "named preset applied under the other settings ('' = none)",
-                     choices=("", "resnet18", "fast", "fast_muon"), group="run")
+                     choices=("",) + tuple(RECIPES), group="run")
     seed: int = _f(1, "random seed: same seed, same run on CPU", group="run")
     device: str = _f("auto", "where to train", choices=DEVICES, group="run")
     precision: str = _f("auto", "auto = bf16 on CUDA GPUs of compute capability >= 8.0 (A100, H100) and on CPUs "
@@ -239,46 +278,7 @@ class TrainConfig:
         return self
 
 
-# ---------------------------------------------------------------------------------------
-# Recipes: named presets, applied under YAML values and explicit flags.
-# ---------------------------------------------------------------------------------------
-RECIPES: dict[str, dict[str, Any]] = {
-    # The assignment, tuned for 20 epochs: ResNet18, crop+flip+cutout, SGD nesterov,
-    # OneCycle with linear warm-up/decay, label smoothing, TTA reported at the end.
-    "resnet18": dict(
-        model="resnet18", epochs=20, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
-        nesterov=True, weight_decay=5e-4, scheduler="onecycle", pct_start=0.25,
-        div_factor=10.0, final_div_factor=100.0, anneal="linear", cycle_momentum=False,
-        label_smoothing=0.1, crop_padding=4, pad_mode="zeros", flip="random", cutout=16,
-        tta="flip_translate",
-    ),
-    # fastnet tuned for the shortest time to a target accuracy, after airbench94 (see
-    # benchmarks/RESULTS.md): 2-pixel translations with reflect padding and flips, no
-    # cutout, SGD nesterov 0.85 with LR 0.75 per 512 images (mean loss) and a 64x LR on
-    # the norm biases, weight decay 1.33e-3, label smoothing 0.2, a triangular one-cycle
-    # (x0.2 -> peak at 23% -> x0.07), lookahead slow weights, the whitening (fitted on a
-    # class-balanced sample) with its bias frozen after 3 epochs, airbench94's alternating
-    # flip, TTA at the end.
-    "fast": dict(
-        model="fastnet", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85,
-        nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
-        pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
-        cycle_momentum=False, label_smoothing=0.2, crop_padding=2, pad_mode="reflect",
-        flip="alternate", cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
-    ),
-}
-# fast with Muon for the convolution filters (airbench94_muon's settings: batch 2000 with the
-# partial batch dropped, Muon LR 0.24 and momentum 0.6, SGD nesterov 0.85 for the head and biases
-# at airbench94_muon's per-image LRs and decay, a linear decay to 0, no lookahead) for 10 epochs,
-# the first 6 on 24x24 images (progressive resizing). See benchmarks/RESULTS.md, benchmark 4.
-RECIPES["fast_muon"] = dict(
-    RECIPES["fast"], optimizer="muon", lr=0.24, momentum=0.85, muon_momentum=0.6, bias_lr_scale=441.7,
-    head_lr_scale=6.9, weight_decay=0.0167, scheduler="linear", batch_size=2000, drop_last=True,
-    lookahead=False, epochs=10, low_res_size=24, low_res_epochs=6,
-)
-
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-assert set(_FIELDS["recipe"].metadata["choices"]) == {""} | set(RECIPES)
 
 
 def field_names() -> list[str]:
