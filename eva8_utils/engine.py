@@ -467,6 +467,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def _wraps_ddp(model: nn.Module) -> bool:
+    """Whether ``model`` is, or compiles, a DistributedDataParallel wrapper."""
+    while not isinstance(model, nn.parallel.DistributedDataParallel):
+        if not hasattr(model, "_orig_mod"):
+            return False
+        model = model._orig_mod
+    return True
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and/or torch.compile wrappers."""
     while True:
@@ -596,8 +605,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             returns this epoch's progress so far (what ``partial`` takes back).
         lookahead: slow weights updated after each step (needs ``schedule`` for progress).
         ema: an averaged model (:func:`make_ema`) updated after each step.
-        frozen: parameters left unchanged this epoch (their gradient is dropped before the
-            step, which works under DDP too).
+        frozen: parameters left unchanged this epoch. Outside DDP they stop requiring a
+            gradient for the epoch, so autograd also skips the backward that only fed them
+            (fastnet's frozen whitening bias: the input gradient of ``block1.conv1`` and the
+            GELU under it); under DDP, whose reducer waits for every parameter that requires
+            one, their gradient is dropped before the step. The numbers are the same.
         partial: continue an epoch from what ``on_step``'s function returned (the loader
             must offer ``iterate(start)``, as :class:`~eva8_utils.data.DeviceLoader` does).
         monitor: a :class:`DivergenceMonitor` fed at every bar update.
@@ -633,6 +645,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     bar = _tqdm()(total=n_batches, initial=start, disable=not progress, leave=True, dynamic_ncols=True)
     interrupted, batch, warning, window = False, start, None, len(step_losses)
     batches = loader.iterate(start) if start else iter(loader)
+    skip = [] if _wraps_ddp(model) else [p for p in frozen or () if p.requires_grad]
+    for p in skip:
+        p.requires_grad_(False)
 
     def snapshot() -> dict:
         # copies (on the CPU .cpu() would alias the live accumulators)
@@ -711,6 +726,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             if on_step is not None:
                 on_step(batch, snapshot)
     finally:
+        for p in skip:
+            p.requires_grad_(True)
         bar.close()
     if seen and int(first_bad) >= 0:
         bad = int(first_bad)

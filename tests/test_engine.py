@@ -470,6 +470,42 @@ def test_muon_groups_and_update():
     assert w.norm().item() == pytest.approx(math.sqrt(w.shape[0]) * 1.0, rel=0.2)  # renormalised, then one step
 
 
+def test_a_frozen_parameter_skips_its_backward_and_changes_no_other_number():
+    """fastnet's whitening bias, frozen for the epoch: autograd does not compute the gradients
+    that only fed it, the bias keeps its value and its flag, and every other parameter ends where
+    a run that trains the bias but puts it back after every step ends (the old way's numbers)."""
+    from eva8_utils.models import create_model
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (32, 16, 16, 3), dtype=torch.uint8), torch.randint(0, 10, (32,))
+    train = DeviceLoader(x, y, batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=3)
+    base = create_model("fastnet", width=0.25, whiten_bias_epochs=1)
+    with torch.no_grad():
+        base.whiten.bias.normal_()
+    frozen_model, reference = copy.deepcopy(base), copy.deepcopy(base)
+    bias0 = base.whiten.bias.detach().clone()
+    seen = []
+    frozen_model.whiten.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    opt = E.make_optimizer(frozen_model, "sgd", lr=0.05, weight_decay=0.01)
+    E.train_one_epoch(frozen_model, train, opt, device=torch.device("cpu"), progress=False,
+                      frozen=frozen_model.frozen_parameters(2))
+    assert seen == [False] * 4  # nothing upstream of block1.conv1's input needs a gradient
+    assert frozen_model.whiten.bias.requires_grad and torch.equal(frozen_model.whiten.bias, bias0)
+
+    ref_opt = E.make_optimizer(reference, "sgd", lr=0.05, weight_decay=0.01)
+
+    def put_back(batch, snapshot):
+        with torch.no_grad():
+            reference.whiten.bias.copy_(bias0)
+
+    E.train_one_epoch(reference, train, ref_opt, device=torch.device("cpu"), progress=False, on_step=put_back)
+    moved = 0
+    for (name, a), b in zip(frozen_model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+        moved += not torch.equal(a, base.state_dict()[name])
+    assert moved > 10  # the epoch trained the rest
+
+
 def test_newton_schulz_orthogonalises():
     torch.manual_seed(0)
     g = torch.randn(64, 200)
