@@ -37,6 +37,7 @@ LOW_RES_MODES = ("resize", "crop")
 ANNEAL = ("linear", "cos")
 CLIP_MODES = ("norm", "value")
 CAM_SMOOTH = ("none", "aug", "eigen")
+WHITEN_BIAS_LR = ("schedule", "linear")
 
 # Flag groups of --help, in order.
 GROUPS = ("data", "augmentation", "model", "optimisation", "schedule", "run", "analysis")
@@ -162,8 +163,13 @@ class TrainConfig:
     groups: int = _f(8, "number of groups for --norm group", group="model")
     dropout: float = _f(0.0, "dropout probability before the classifier (models that define it)", group="model")
     width: float = _f(1.0, "channel width multiplier (fastnet)", group="model")
-    whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias (at the base LR) for N epochs, then freeze "
-                                    "it; 0 = all run (models without a whitening layer ignore it)", group="model")
+    whiten_bias_epochs: int = _f(0, "fastnet: train the whitening bias for N epochs (at the base LR, with Muon at "
+                                    "the biases' LR), then freeze it; 0 = all run (models without a whitening "
+                                    "layer ignore it)", group="model")
+    whiten_bias_lr: str = _f("schedule", "fastnet: the whitening bias's LR over its whiten_bias_epochs (schedule: the "
+                                         "run's LR schedule, then frozen, as airbench94; linear: from its start "
+                                         "linearly down to 0, as airbench94_muon)", choices=WHITEN_BIAS_LR,
+                             group="model")
 
     # --- optimisation -------------------------------------------------------------------
     epochs: int = _f(20, "number of training epochs", group="optimisation")
@@ -389,6 +395,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.groups >= 1, "groups", ">= 1")
     need(cfg.width > 0, "width", "> 0")
     need(cfg.whiten_bias_epochs >= 0, "whiten_bias_epochs", ">= 0 (0 = never frozen)")
+    if cfg.whiten_bias_lr == "linear" and cfg.whiten_bias_epochs == 0:
+        raise ConfigError("--whiten-bias-lr linear needs --whiten-bias-epochs N (N >= 1): the LR falls to 0 over "
+                          "those epochs")
     need(cfg.num_images >= 1, "num_images", ">= 1")
     need(cfg.lr_find_iters >= 10, "lr_find_iters", ">= 10")
     if cfg.resume and cfg.overwrite:

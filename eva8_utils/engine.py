@@ -71,26 +71,39 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale
     per-step decay is unchanged while it learns faster (the speed-record trick).
     Parameters a model names in ``base_lr_params`` (e.g. fastnet's whitening bias) stay
     in the weights group, except under ``muon``, whose weights group (marked
-    ``muon=True``, no weight decay) takes matrices only.
+    ``muon=True``, no weight decay) takes matrices only. Parameters a model lists in
+    ``lr_to_zero()`` ({name: N}, e.g. fastnet's whitening bias with ``whiten_bias_lr=
+    "linear"``) get a group of their own with the settings of the group they would join
+    and ``zero_after_epochs=N``: :class:`Schedule` lowers its LR linearly to 0 over the
+    first N epochs instead of applying the run's schedule.
     """
+    to_zero = model.lr_to_zero() if hasattr(model, "lr_to_zero") else {}
     base = set(getattr(model, "base_lr_params", ()))
     head = classifier_head(model) if head_lr_scale != 1.0 or muon else None
     head_ids = {id(head.weight)} if head is not None else set()
     weights, heads, others = [], [], []
+    alone: list[tuple[str, nn.Parameter, list]] = []  # (name, parameter, the group it would join)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if id(p) in head_ids:
-            heads.append(p)
+            into = heads
         elif p.ndim > 1 or (name in base and not muon):
-            weights.append(p)
+            into = weights
         else:
-            others.append(p)
+            into = others
+        if name in to_zero:
+            alone.append((name, p, into))
+        else:
+            into.append(p)
     first = dict(params=weights, lr=lr, weight_decay=0.0, muon=True) if muon else \
         dict(params=weights, lr=lr, weight_decay=weight_decay)
     groups = [first,
               dict(params=heads, lr=lr * head_lr_scale, weight_decay=weight_decay / head_lr_scale),
               dict(params=others, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale)]
+    for name, p, into in alone:
+        like = next(g for g in groups if g["params"] is into)
+        groups.append({**like, "params": [p], "zero_after_epochs": int(to_zero[name])})
     return [g for g in groups if g["params"]]
 
 
@@ -247,7 +260,7 @@ class Schedule:
                                             min_lr=min_lr)
             self._apply_warmup()
         else:
-            self._sched = LambdaLR(optimizer, self._factor)
+            self._sched = LambdaLR(optimizer, [self._group_factor(g) for g in optimizer.param_groups])
             if name == "onecycle" and cycle_momentum:
                 self._set_momentum()
 
@@ -299,9 +312,21 @@ class Schedule:
             f = 1.0
         return f * self._warm(step)
 
+    def _to_zero(self, group: dict, step: int) -> float:
+        """LR multiplier of a ``zero_after_epochs`` group: 1 at step 0, linearly down to 0 at its end."""
+        span = max(1, int(group["zero_after_epochs"]) * self.steps_per_epoch)
+        return max(0.0, 1.0 - step / span)
+
+    def _group_factor(self, group: dict) -> Callable[[int], float]:
+        if group.get("zero_after_epochs"):
+            return lambda step: self._to_zero(group, step)
+        return self._factor
+
     def _apply_warmup(self) -> None:
-        if self.warmup_steps and self.steps <= self.warmup_steps:
-            for g, b in zip(self.optimizer.param_groups, self.base):
+        for g, b in zip(self.optimizer.param_groups, self.base):
+            if g.get("zero_after_epochs"):
+                g["lr"] = b * self._to_zero(g, self.steps)
+            elif self.warmup_steps and self.steps <= self.warmup_steps:
                 g["lr"] = b * self._warm(self.steps)
 
     def after_batch(self) -> None:

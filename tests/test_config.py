@@ -40,6 +40,8 @@ CASES = [
     (["--norm", "instance"], "choose one of: batch, group, layer"),
     (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, fast_muon, resnet18"),
     (["--flip", "sideways"], "--flip 'sideways' is not valid; choose one of: alternate, none, random"),
+    (["--whiten-bias-lr", "cosine"], "--whiten-bias-lr 'cosine' is not valid; choose one of: linear, schedule"),
+    (["--whiten-bias-lr", "linear"], "--whiten-bias-lr linear needs --whiten-bias-epochs N (N >= 1)"),
     (["--ema", "1.5"], "--ema must be 0 (off) or a decay in (0, 1)"),
     (["--mixup", "-1"], "--mixup must be >= 0"),
     (["--mix-p", "2"], "--mix-p must be a probability in [0, 1]"),

@@ -524,6 +524,53 @@ def test_linear_schedule_decays_to_zero():
     assert lrs == pytest.approx([1 - i / 10 for i in range(10)])
 
 
+def test_whiten_bias_lr_linear_falls_to_zero_over_its_epochs_and_resumes_exactly():
+    """--whiten-bias-lr linear (airbench94_muon): the whitening bias gets a group of its own with the
+    settings of the group it would join, its LR falls from its start linearly to 0 over its 3 epochs,
+    and every other group keeps the run's schedule; a restored schedule continues the same numbers."""
+    from eva8_utils.models import create_model
+
+    for name, join in (("muon", 2), ("sgd", 0)):  # Muon: with the other biases; SGD: the base-LR weights group
+        model = create_model("fastnet", width=0.25, whiten_bias_epochs=3, whiten_bias_lr="linear")
+        opt = E.make_optimizer(model, name, lr=0.2, momentum=0.85, weight_decay=0.01, bias_lr_scale=400,
+                               head_lr_scale=7, muon_momentum=0.6)
+        alone = opt.param_groups[-1]
+        assert alone["params"] == [model.whiten.bias] and alone["zero_after_epochs"] == 3
+        assert not any(p is model.whiten.bias for g in opt.param_groups[:-1] for p in g["params"])
+        like = opt.param_groups[join]
+        assert (alone["lr"], alone["weight_decay"]) == (like["lr"], like["weight_decay"])
+        s = E.Schedule(opt, "linear", epochs=10, steps_per_epoch=4)
+        lrs = []
+        for _ in range(20):
+            lrs.append([g["lr"] for g in opt.param_groups])
+            s.after_batch()
+        start = alone["initial_lr"]
+        assert [r[-1] for r in lrs] == pytest.approx([start * max(0.0, 1 - i / 12) for i in range(20)])
+        assert lrs[11][-1] > 0 and lrs[12][-1] == 0  # 0 from the first step of epoch 4 on
+        assert [r[join] for r in lrs] == pytest.approx([like["initial_lr"] * (1 - i / 40) for i in range(20)])
+
+        def build():
+            m = create_model("fastnet", width=0.25, whiten_bias_epochs=3, whiten_bias_lr="linear")
+            o = E.make_optimizer(m, name, lr=0.2, momentum=0.85, weight_decay=0.01, bias_lr_scale=400,
+                                 head_lr_scale=7, muon_momentum=0.6)
+            return o, E.Schedule(o, "linear", epochs=10, steps_per_epoch=4)
+
+        first, s1 = build()
+        for _ in range(6):  # stopped in the middle of the bias's decay
+            s1.after_batch()
+        again, s2 = build()
+        again.load_state_dict(first.state_dict())  # as a resumed run restores both
+        s2.load_state_dict(s1.state_dict())
+        for i in range(6, 15):
+            assert [g["lr"] for g in again.param_groups] == pytest.approx(lrs[i])
+            s2.after_batch()
+
+    plain = create_model("fastnet", width=0.25, whiten_bias_epochs=3)  # the default: the run's schedule
+    assert all("zero_after_epochs" not in g for g in E.make_optimizer(plain, "muon", lr=0.2).param_groups)
+    with pytest.raises(ValueError, match="whiten_bias_epochs >= 1"):
+        create_model("fastnet", whiten_bias_lr="linear")
+
+
 def test_ema_follows_the_formula_and_averages_batchnorm_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))

@@ -9,8 +9,8 @@ Register your own (then ``--import mymodels --model mynet``)::
         return MyNet(num_classes)
 
 or name any callable directly: ``--model mymodels:MyNet``. Constructors may accept any
-of ``norm``, ``groups``, ``dropout``, ``width``, ``whiten_bias_epochs`` and
-``image_size``; :func:`model_options` passes those a constructor accepts and refuses a
+of ``norm``, ``groups``, ``dropout``, ``width``, ``whiten_bias_epochs``,
+``whiten_bias_lr`` and ``image_size``; :func:`model_options` passes those a constructor accepts and refuses a
 non-default setting the model cannot honour. Checkpoints store the name (or
 reference), the options and the modules to import, and :func:`build_from_reference`
 rebuilds the model from them.
@@ -64,10 +64,11 @@ register_model("fastnet", fastnet)
 register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 
 # Settings a config can pass to a constructor, with the value that means "not asked for".
-_OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0, "whiten_bias_epochs": 0}
+_OPTION_DEFAULTS = {"norm": "batch", "groups": 8, "dropout": 0.0, "width": 1.0, "whiten_bias_epochs": 0,
+                    "whiten_bias_lr": "schedule"}
 # A setting of a part that other models do not have (the fast recipe sets it; --recipe fast
 # --model resnet18 must still work): ignored by models that do not take it.
-_IGNORED_WHEN_ABSENT = ("whiten_bias_epochs",)
+_IGNORED_WHEN_ABSENT = ("whiten_bias_epochs", "whiten_bias_lr")
 
 
 def import_modules(names: list[str] | tuple[str, ...], what: str = "--import") -> None:

@@ -66,16 +66,23 @@ class FastNet(nn.Module):
 
     ``whiten_bias_epochs`` > 0 trains the whitening bias for that many epochs and then
     freezes it (airbench94 uses 3); 0 trains it all run long. It learns at the base LR
-    (``base_lr_params``), not at the raised LR of the other biases.
+    (``base_lr_params``), not at the raised LR of the other biases (under Muon it joins
+    them, as airbench94_muon has it). ``whiten_bias_lr="linear"`` lets its LR fall from
+    its start linearly to 0 over those epochs (airbench94_muon) instead of following the
+    run's schedule (``"schedule"``, airbench94; see :meth:`lr_to_zero`).
     """
 
     cam_layer = "block3.conv1"
     base_lr_params = ("whiten.bias",)
 
     def __init__(self, num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
-                 width: float = 1.0, whiten_bias_epochs: int = 0):
+                 width: float = 1.0, whiten_bias_epochs: int = 0, whiten_bias_lr: str = "schedule"):
         super().__init__()
+        if whiten_bias_lr not in ("schedule", "linear") or (whiten_bias_lr == "linear" and whiten_bias_epochs < 1):
+            raise ValueError(f"whiten_bias_lr={whiten_bias_lr!r} with whiten_bias_epochs={whiten_bias_epochs}: give "
+                             f"'schedule', or 'linear' with whiten_bias_epochs >= 1")
         self.whiten_bias_epochs = int(whiten_bias_epochs)
+        self.whiten_bias_lr = whiten_bias_lr
         w1, w2, w3 = (max(8, int(round(c * width / 8)) * 8) for c in (64, 256, 256))
         self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)  # 2 x (3*2*2) filters
         self.whiten.weight.requires_grad_(False)
@@ -113,6 +120,10 @@ class FastNet(nn.Module):
             return [self.whiten.bias]
         return []
 
+    def lr_to_zero(self) -> dict[str, int]:
+        """Parameters whose LR falls linearly to 0 over their first N epochs: {name: N}."""
+        return {"whiten.bias": self.whiten_bias_epochs} if self.whiten_bias_lr == "linear" else {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))
         x = self.block3(self.block2(self.block1(x)))
@@ -121,5 +132,5 @@ class FastNet(nn.Module):
 
 
 def fastnet(num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
-            width: float = 1.0, whiten_bias_epochs: int = 0) -> FastNet:
-    return FastNet(num_classes, norm, groups, dropout, width, whiten_bias_epochs)
+            width: float = 1.0, whiten_bias_epochs: int = 0, whiten_bias_lr: str = "schedule") -> FastNet:
+    return FastNet(num_classes, norm, groups, dropout, width, whiten_bias_epochs, whiten_bias_lr)
