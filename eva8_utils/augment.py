@@ -187,6 +187,33 @@ def window(x: torch.Tensor, size: tuple[int, int], offset_y: torch.Tensor, offse
     return x[bi, ci, rows, cols]
 
 
+def crop_flip_u8(x: torch.Tensor, padding: int, offset_y: torch.Tensor | None, offset_x: torch.Tensor | None,
+                 flip: torch.Tensor | None) -> torch.Tensor:
+    """:func:`crop` with reflect padding, then :func:`hflip`, as one gather on the uint8 batch.
+
+    The same pixels as normalising first and then padding, cropping and mirroring (reflect
+    padding and mirroring only move values), at a fraction of the memory traffic: the
+    training loader's fast path. ``offset_y``/``offset_x`` may be None (no crop; then
+    ``padding`` is ignored), and so may ``flip``.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+
+    def reflect(t: torch.Tensor, n: int) -> torch.Tensor:  # torch's 'reflect': -1 -> 1, n -> n - 2
+        t = t.abs()
+        return torch.where(t > n - 1, 2 * (n - 1) - t, t)
+
+    rows = torch.arange(h, device=dev).view(1, h).expand(b, h)
+    cols = torch.arange(w, device=dev).view(1, w).expand(b, w)
+    if flip is not None:
+        cols = torch.where(flip.view(b, 1), w - 1 - cols, cols)
+    if offset_y is not None:
+        rows = reflect(rows + (offset_y.view(b, 1) - padding), h)
+        cols = reflect(cols + (offset_x.view(b, 1) - padding), w)
+    src = (rows.view(b, h, 1) * w + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, src).view(b, c, h, w)
+
+
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror masked samples left-right."""
     return torch.where(_bcast(mask), x.flip(3), x)

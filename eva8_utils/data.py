@@ -692,13 +692,24 @@ class DeviceLoader:
 
     def transform(self, x_u8: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 (B,3,H,W) on the device -> normalised (augmented) float batch."""
-        if self.aug is not None and params and self.aug.colour:
-            x = A.apply_colour(x_u8.float().div_(255), params)
-            x = (x - self._mean_t) / self._std_t
+        a = self.aug
+        if a is not None and params and not a.colour and "affine" not in params \
+                and ("crop_y" in params or "flip" in params) and ("crop_y" not in params or a.pad_mode == "reflect"):
+            # Fast path (the fast recipes): crop and mirror the uint8 pixels in one gather, then
+            # normalise; the same numbers as the general path below.
+            x = A.crop_flip_u8(x_u8, a.crop_padding, params.get("crop_y"), params.get("crop_x"), params.get("flip"))
+            x = x.float().mul_(self._scale).sub_(self._shift)
+            if "cutout" in params:
+                x = A.cutout(x, a.cutout, params["cut_y"], params["cut_x"], params["cutout"])
+        elif a is not None and params:
+            if a.colour:
+                x = A.apply_colour(x_u8.float().div_(255), params)
+                x = (x - self._mean_t) / self._std_t
+            else:
+                x = x_u8.float().mul_(self._scale).sub_(self._shift)
+            x = A.apply_geometric(x, params, a)
         else:
             x = x_u8.float().mul_(self._scale).sub_(self._shift)
-        if self.aug is not None and params:
-            x = A.apply_geometric(x, params, self.aug)
         size = self.epoch_image_size()
         if size != self.image_size:  # progressive resizing: an early epoch at low resolution
             if params and "win_y" in params:  # --low-res-mode crop

@@ -225,3 +225,56 @@ def test_the_loader_yields_soft_targets_when_mixing():
         assert t.shape == (16, 10) and torch.allclose(t.sum(1), torch.ones(16))
         assert torch.equal(x, x2) and torch.equal(t, t2)
     assert any((t.max(1).values < 1).any() for _, t in first)
+
+
+@pytest.mark.parametrize("setting", [
+    dict(crop_padding=2, pad_mode="reflect", flip="alternate", cutout=0),        # the fast recipes
+    dict(crop_padding=4, pad_mode="reflect", flip="random", cutout=8),
+    dict(crop_padding=3, pad_mode="reflect", flip="none", cutout=0),
+    dict(crop_padding=0, flip="random", cutout=0),
+    dict(crop_padding=2, pad_mode="reflect", flip="alternate", cutout=0, low_res_size=12, low_res_epochs=1),
+], ids=["fast", "crop4-flip-cutout", "crop-only", "flip-only", "low-res"])
+def test_the_loaders_uint8_gather_gives_the_general_paths_numbers_bit_for_bit(setting):
+    """The training loader crops and mirrors the uint8 pixels in one gather before normalising
+    (its fast path); every batch equals, bit for bit, normalising first and then padding,
+    cropping, mirroring and cutting out (the general path), including non-square images."""
+    from eva8_utils.data import DeviceLoader
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (40, 20, 24, 3), dtype=torch.uint8)  # H 20, W 24
+    y = torch.randint(0, 10, (40,))
+    aug = A.AugmentConfig(**setting)
+    ld = DeviceLoader(x, y, batch_size=16, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), train=True, aug=aug,
+                      seed=5, channels_last=True)
+    used, changed = [], 0
+    real = A.crop_flip_u8
+    A.crop_flip_u8 = lambda *a: used.append(1) or real(*a)
+    try:
+        for epoch in (1, 2):
+            ld.set_epoch(epoch)
+            perm, params = ld.epoch_order()
+            for (s, e), (xb, _) in zip(ld._plan(), ld):
+                idx = perm[s:e]
+                p = A.slice_params(params, slice(s, e))
+                want = A.apply_geometric(ld.images[idx].float().mul_(ld._scale).sub_(ld._shift), p, aug)
+                size = ld.epoch_image_size()
+                if size != ld.image_size:
+                    want = torch.nn.functional.interpolate(want, size=size, mode="bilinear", antialias=True,
+                                                           align_corners=False)
+                assert xb.shape == want.shape and xb.is_contiguous(memory_format=torch.channels_last)
+                assert torch.equal(xb, want)
+                plain = ld.images[idx].float().mul_(ld._scale).sub_(ld._shift)
+                changed += xb.shape != plain.shape or not torch.equal(xb, plain)
+    finally:
+        A.crop_flip_u8 = real
+    assert len(used) == 2 * len(ld) and changed == 2 * len(ld)  # the fast path augmented every batch
+
+
+def test_crop_flip_u8_reflects_at_both_edges_like_torch_pad():
+    x = torch.arange(2 * 1 * 5 * 6, dtype=torch.uint8).view(2, 1, 5, 6)
+    oy, ox = torch.tensor([0, 4]), torch.tensor([4, 0])
+    flip = torch.tensor([True, False])
+    want = A.hflip(A.crop(x.float(), 2, oy, ox, "reflect"), flip)
+    got = A.crop_flip_u8(x, 2, oy, ox, flip)
+    assert got.dtype == torch.uint8 and torch.equal(got.float(), want)
+    assert got[1, 0, 0, 0] == x[1, 0, 2, 2]  # offsets (4, 0) with padding 2: up-left corner reflected
