@@ -104,3 +104,22 @@ def test_tta_benchmark_refuses_a_folder_without_a_checkpoint(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [f"error: {tmp_path} has no checkpoints/last.pt; give run folders of "
                                                f"finished runs"]
+
+
+def test_loader_benchmark_times_each_kind_of_epoch_of_each_recipe(tmp_path):
+    path = tmp_path / "loader.json"
+    _run([sys.executable, "benchmarks/bench_loader.py", "--synthetic", "600", "--recipes", "fast,fast_muon",
+          "--repeats", "2", "--device", "cpu", "--out", str(path)], tmp_path)
+    r = json.loads(path.read_text())
+    assert r["data"].startswith("random") and r["repeats"] == 2
+    fast, muon = r["recipes"]["fast"], r["recipes"]["fast_muon"]
+    assert set(fast) == {"full_size"} and set(muon) == {"full_size", "low_res"}
+    assert fast["full_size"]["batches"] == 2 and fast["full_size"]["batch_shape"] == [88, 3, 32, 32]  # 512 + 88
+    # fast_muon's batch (2000) is cut to the 600 images: one batch
+    assert muon["full_size"]["batches"] == 1 and muon["full_size"]["batch_shape"] == [600, 3, 32, 32]
+    assert muon["low_res"]["batch_shape"] == [600, 3, 24, 24]
+    for e in (fast["full_size"], muon["full_size"], muon["low_res"]):
+        assert len(e["all_seconds"]) == 2 and e["seconds"] == pytest.approx(sum(e["all_seconds"]) / 2, abs=1e-3)
+    bad = subprocess.run([sys.executable, "benchmarks/bench_loader.py", "--recipes", "turbo", "--synthetic", "64"],
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --recipes takes names from resnet18, fast, fast_muon")
