@@ -82,11 +82,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 # fast with Muon for the convolution filters (airbench94_muon's settings: batch 2000 with the
 # partial batch dropped, Muon LR 0.24 and momentum 0.6, SGD nesterov 0.85 for the head and biases
 # at airbench94_muon's per-image LRs and decay, a linear decay to 0, no lookahead) for 10 epochs,
-# the first 6 on 24x24 images (progressive resizing). See benchmarks/RESULTS.md, benchmark 4.
+# the first 6 on 26x26 images (progressive resizing; 24x24 until E2/P9 measured 26 better). See
+# benchmarks/RESULTS.md, benchmark 4.
 RECIPES["fast_muon"] = dict(
     RECIPES["fast"], optimizer="muon", lr=0.24, momentum=0.85, muon_momentum=0.6, bias_lr_scale=441.7,
     head_lr_scale=6.9, weight_decay=0.0167, scheduler="linear", batch_size=2000, drop_last=True,
-    lookahead=False, epochs=10, low_res_size=24, low_res_epochs=6,
+    lookahead=False, epochs=10, low_res_size=26, low_res_epochs=6,
 )
 
 

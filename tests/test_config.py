@@ -134,7 +134,7 @@ def test_fast_muon_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_firs
 
     cfg = build_config(flags=dict(recipe="fast_muon", dataset="shapes", shapes_train=64, shapes_test=16,
                                   batch_size=16, progress=False))
-    assert (cfg.model, cfg.epochs, cfg.low_res_size, cfg.low_res_epochs, cfg.lookahead) == ("fastnet", 10, 24, 6, False)
+    assert (cfg.model, cfg.epochs, cfg.low_res_size, cfg.low_res_epochs, cfg.lookahead) == ("fastnet", 10, 26, 6, False)
     exp = E.build(cfg)
     assert isinstance(exp.optimizer, MuonSGD)
     muon, head, biases = exp.optimizer.param_groups
@@ -151,7 +151,7 @@ def test_fast_muon_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_firs
     for epoch in (1, 6, 7, 10):
         exp.train_loader.set_epoch(epoch)
         sizes.append(exp.train_loader.epoch_image_size())
-    assert sizes == [(24, 24), (24, 24), (32, 32), (32, 32)]
+    assert sizes == [(26, 26), (26, 26), (32, 32), (32, 32)]
 
 
 def test_defaults_are_the_assignment():
