@@ -117,7 +117,7 @@ def test_loader_benchmark_times_each_kind_of_epoch_of_each_recipe(tmp_path):
     assert fast["full_size"]["batches"] == 2 and fast["full_size"]["batch_shape"] == [88, 3, 32, 32]  # 512 + 88
     # fast_muon's batch (2000) is cut to the 600 images: one batch
     assert muon["full_size"]["batches"] == 1 and muon["full_size"]["batch_shape"] == [600, 3, 32, 32]
-    assert muon["low_res"]["batch_shape"] == [600, 3, 24, 24]
+    assert muon["low_res"]["batch_shape"] == [600, 3, 26, 26]
     for e in (fast["full_size"], muon["full_size"], muon["low_res"]):
         assert len(e["all_seconds"]) == 2 and e["seconds"] == pytest.approx(sum(e["all_seconds"]) / 2, abs=1e-3)
     bad = subprocess.run([sys.executable, "benchmarks/bench_loader.py", "--recipes", "turbo", "--synthetic", "64"],
