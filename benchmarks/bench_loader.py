@@ -6,7 +6,7 @@ epoch, and for a recipe with progressive resizing also its first, low-resolution
 figure is the median of ``--repeats`` passes (after one untimed pass). Compare two versions of
 the package by running this script from each checkout on the same machine.
 
-    python benchmarks/bench_loader.py --data-dir data/cifar10-jpeg --recipes fast,fast_muon --out benchmarks/out/loader_cpu.json
+    python benchmarks/bench_loader.py --data-dir data/cifar10-jpeg --recipes fast_sgd,fast --out benchmarks/out/loader_cpu.json
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def time_epoch(loader, epoch: int, device, repeats: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_args(p, "CIFAR-10 image folder (e.g. data/cifar10-jpeg)")
-    p.add_argument("--recipes", default="fast,fast_muon", help="comma-separated recipe names")
+    p.add_argument("--recipes", default="fast_sgd,fast", help="comma-separated recipe names")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="benchmarks/out/loader.json")
     args = p.parse_args(argv)

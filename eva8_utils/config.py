@@ -65,13 +65,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         tta="flip_translate",
     ),
     # fastnet tuned for the shortest time to a target accuracy, after airbench94 (see
-    # benchmarks/RESULTS.md): 2-pixel translations with reflect padding and flips, no
-    # cutout, SGD nesterov 0.85 with LR 0.75 per 512 images (mean loss) and a 64x LR on
-    # the norm biases, weight decay 1.33e-3, label smoothing 0.2, a triangular one-cycle
-    # (x0.2 -> peak at 23% -> x0.07), lookahead slow weights, the whitening (fitted on a
-    # class-balanced sample) with its bias frozen after 3 epochs, airbench94's alternating
-    # flip, TTA at the end.
-    "fast": dict(
+    # benchmarks/RESULTS.md), with SGD: 2-pixel translations with reflect padding and flips, no
+    # cutout, SGD nesterov 0.85 with LR 0.75 per 512 images (mean loss) and a 64x LR on the norm
+    # biases, weight decay 1.33e-3, label smoothing 0.2, a triangular one-cycle (x0.2 -> peak at
+    # 23% -> x0.07), lookahead slow weights, the whitening (fitted on a class-balanced sample)
+    # with its bias frozen after 3 epochs, airbench94's alternating flip, TTA at the end.
+    "fast_sgd": dict(
         model="fastnet", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85,
         nesterov=True, weight_decay=1.33e-3, bias_lr_scale=64.0, scheduler="onecycle",
         pct_start=0.23, div_factor=5.0, final_div_factor=2.857, anneal="linear",
@@ -79,16 +78,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         flip="alternate", cutout=0, lookahead=True, tta="flip_translate", whiten_bias_epochs=3,
     ),
 }
-# fast with Muon for the convolution filters (airbench94_muon's settings: batch 2000 with the
-# partial batch dropped, Muon LR 0.24 and momentum 0.6, SGD nesterov 0.85 for the head and biases
-# at airbench94_muon's per-image LRs and decay, a linear decay to 0, no lookahead) for 10 epochs,
-# the first 6 on 26x26 images (progressive resizing; 24x24 until E2/P9 measured 26 better). See
-# benchmarks/RESULTS.md, benchmark 4.
-RECIPES["fast_muon"] = dict(
-    RECIPES["fast"], optimizer="muon", lr=0.24, momentum=0.85, muon_momentum=0.6, bias_lr_scale=441.7,
+# The fast recipe: fast_sgd with Muon for the convolution filters (airbench94_muon's settings:
+# batch 2000 with the partial batch dropped, Muon LR 0.24 and momentum 0.6, SGD nesterov 0.85 for
+# the head and biases at airbench94_muon's per-image LRs and decay, a linear decay to 0, no
+# lookahead) for 10 epochs, the first 6 on 26x26 images (progressive resizing). Measured faster
+# and more accurate than fast_sgd: benchmarks/RESULTS.md, benchmark 4.
+RECIPES["fast"] = dict(
+    RECIPES["fast_sgd"], optimizer="muon", lr=0.24, momentum=0.85, muon_momentum=0.6, bias_lr_scale=441.7,
     head_lr_scale=6.9, weight_decay=0.0167, scheduler="linear", batch_size=2000, drop_last=True,
     lookahead=False, epochs=10, low_res_size=26, low_res_epochs=6,
 )
+RECIPES = {name: RECIPES[name] for name in ("resnet18", "fast", "fast_sgd")}  # the order --help lists
+# Names of earlier versions: refused with the name to use now.
+RENAMED_RECIPES = {"fast_muon": "'fast' (the SGD recipe once called 'fast' is now 'fast_sgd')"}
 
 
 def _f(default: Any, help: str, *, choices: tuple[str, ...] | None = None, registry: str | None = None,
@@ -384,8 +386,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
         need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")
     need(cfg.mixup >= 0, "mixup", ">= 0 (0 = off)")
     need(cfg.low_res_size == 0 or cfg.low_res_size >= 8, "low_res_size", "0 (off) or >= 8")
-    need(0 <= cfg.low_res_epochs < cfg.epochs or cfg.low_res_size == 0, "low_res_epochs",
-         f">= 0 and < --epochs ({cfg.epochs}), so that the last epochs see full-size images")
+    if cfg.low_res_size and not 0 <= cfg.low_res_epochs < cfg.epochs:
+        raise ConfigError(f"--low-res-epochs must be >= 0 and < --epochs ({cfg.epochs}), got {cfg.low_res_epochs}: "
+                          f"the last epochs see full-size images; give --low-res-epochs too (e.g. "
+                          f"{min(cfg.epochs - 1, round(0.6 * cfg.epochs))}) or more --epochs")
     need(cfg.cutmix >= 0, "cutmix", ">= 0 (0 = off)")
     need(0 <= cfg.affine_shift <= 0.5, "affine_shift", "in [0, 0.5]")
     need(0 <= cfg.affine_scale < 1, "affine_scale", "in [0, 1)")
@@ -461,6 +465,8 @@ def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in _FIELDS}
     recipe = flags.get("recipe", yaml_values.get("recipe", values.get("recipe", "")))
+    if recipe in RENAMED_RECIPES:
+        raise ConfigError(f"recipe '{recipe}' has a new name: use {RENAMED_RECIPES[recipe]}")
     if recipe:
         one_of("recipe", recipe, _FIELDS["recipe"].metadata["choices"])
         # A recipe chosen now (not inherited from a resumed base) is applied over the base.

@@ -18,6 +18,7 @@ saved with it (see ``partial`` in :func:`train_one_epoch`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -109,9 +110,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale
 
 def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """Approximately orthogonalise a 2-D matrix (its singular values pushed toward 1) with
-    the quintic Newton-Schulz iteration of Muon (Jordan et al. 2024), in bf16 where fast."""
+    the quintic Newton-Schulz iteration of Muon (Jordan et al. 2024), in bf16 where the
+    precision rule (:func:`choose_precision`) finds it fast, else in fp32 (T4, V100, other CPUs)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(torch.bfloat16 if g.device.type in ("cuda", "cpu") else torch.float32)
+    x = g.to(torch.bfloat16 if _fast_bf16(g.device) else torch.float32)
     x = x / (x.norm() + eps)  # top singular value <= 1
     tall = x.size(0) > x.size(1)
     if tall:
@@ -470,6 +472,12 @@ def choose_precision(device: torch.device, precision: str = "auto") -> Precision
     if device.type == "cpu" and cpu_has_fast_bf16():
         return Precision(torch.bfloat16, False, "auto: this CPU computes bf16 natively")
     return Precision(None, False, f"auto: no fast half precision on {device.type}")
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_bf16(device: torch.device) -> bool:
+    """Whether the precision rule picks bf16 on ``device`` (asked once per device)."""
+    return choose_precision(device).dtype is torch.bfloat16
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -269,7 +269,7 @@ def test_an_unregistered_model_name_says_how_to_bring_it():
 
 def test_divergence_is_noticed_and_said_once_with_a_hint(tmp_path, user_module):
     out = tmp_path / "div"
-    proc = run_cli(["--recipe", "fast", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
+    proc = run_cli(["--recipe", "fast_sgd", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
                     "--model", "mynets:no_norm", "--epochs", "2", "--batch-size", "64", "--no-analysis",
                     "--no-progress", "--tta", "none", "--out", str(out), "--log-every", "2"],
                    PYTHONPATH=str(user_module))

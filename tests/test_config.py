@@ -38,7 +38,11 @@ CASES = [
     (["--cam-method", "gradcam3"], "choose one of: eigencam, gradcam, gradcam++, layercam, scorecam, xgradcam"),
     (["--cam-smooth", "blur"], "choose one of: aug, eigen, none"),
     (["--norm", "instance"], "choose one of: batch, group, layer"),
-    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, fast_muon, resnet18"),
+    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, fast_sgd, resnet18"),
+    (["--recipe", "fast_muon"], "recipe 'fast_muon' has a new name: use 'fast' (the SGD recipe once called 'fast' is now "
+                                "'fast_sgd')"),
+    (["--recipe", "fast", "--epochs", "5"], "--low-res-epochs must be >= 0 and < --epochs (5), got 6: the last epochs "
+                                            "see full-size images; give --low-res-epochs too (e.g. 3) or more --epochs"),
     (["--flip", "sideways"], "--flip 'sideways' is not valid; choose one of: alternate, none, random"),
     (["--whiten-bias-lr", "cosine"], "--whiten-bias-lr 'cosine' is not valid; choose one of: linear, schedule"),
     (["--whiten-bias-lr", "linear"], "--whiten-bias-lr linear needs --whiten-bias-epochs N (N >= 1)"),
@@ -121,18 +125,18 @@ def test_precedence_defaults_recipe_yaml_flags(tmp_path):
     assert TrainConfig().model == "resnet18" and TrainConfig().epochs == 20
     cfg = build_config(flags={"recipe": "fast"})
     assert cfg.model == "fastnet" and cfg.epochs == RECIPES["fast"]["epochs"]
-    (tmp_path / "c.yaml").write_text("recipe: fast\nepochs: 5\nbatch_size: 256\n")
+    (tmp_path / "c.yaml").write_text("recipe: fast_sgd\nepochs: 5\nbatch_size: 256\n")
     cfg = config_from_args(["--config", str(tmp_path / "c.yaml"), "--epochs", "7"])
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.bias_lr_scale) == ("fastnet", 7, 256, 64.0)
     cfg = config_from_args(["--recipe", "fast", "--model", "resnet18", "--max-lr", "0.2"])
     assert cfg.model == "resnet18" and cfg.lr == 0.2
 
 
-def test_fast_muon_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_first_six_epochs():
+def test_fast_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_first_six_epochs():
     import eva8_utils as E
     from eva8_utils.engine import MuonSGD
 
-    cfg = build_config(flags=dict(recipe="fast_muon", dataset="shapes", shapes_train=64, shapes_test=16,
+    cfg = build_config(flags=dict(recipe="fast", dataset="shapes", shapes_train=64, shapes_test=16,
                                   batch_size=16, progress=False))
     assert (cfg.model, cfg.epochs, cfg.low_res_size, cfg.low_res_epochs, cfg.lookahead) == ("fastnet", 10, 26, 6, False)
     exp = E.build(cfg)
@@ -266,13 +270,13 @@ def _notebook_config(**params):
 
 def test_the_notebooks_recipe_decides_what_its_parameters_leave_unset():
     assert _notebook_config().to_dict() == build_config().to_dict()  # the assignment, as the CLI's main job
-    for recipe in ("fast", "fast_muon", "resnet18"):
+    for recipe in ("fast", "fast_sgd", "resnet18"):
         nb, cli = _notebook_config(RECIPE=recipe), build_config(flags=dict(recipe=recipe))
         assert nb.to_dict() == cli.to_dict(), recipe
-    nb = _notebook_config(RECIPE="fast_muon")
+    nb = _notebook_config(RECIPE="fast")
     assert (nb.model, nb.epochs, nb.batch_size, nb.lr, nb.low_res_epochs) == ("fastnet", 10, 2000, 0.24, 6)
     # a parameter that is set overrides the recipe, as a flag does
-    nb = _notebook_config(RECIPE="fast", EPOCHS=3, BATCH_SIZE=256, MAX_LR=0.5, MODEL="resnet18")
+    nb = _notebook_config(RECIPE="fast_sgd", EPOCHS=3, BATCH_SIZE=256, MAX_LR=0.5, MODEL="resnet18")
     assert (nb.model, nb.epochs, nb.batch_size, nb.lr, nb.optimizer) == ("resnet18", 3, 256, 0.5, "sgd")
-    assert nb.to_dict() == build_config(flags=dict(recipe="fast", epochs=3, batch_size=256, lr=0.5,
+    assert nb.to_dict() == build_config(flags=dict(recipe="fast_sgd", epochs=3, batch_size=256, lr=0.5,
                                                    model="resnet18")).to_dict()

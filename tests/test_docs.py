@@ -35,8 +35,9 @@ def test_images_the_readme_shows_exist():
         assert (ROOT / rel).is_file(), rel
 
 
-API_ORIGINAL = 'dict(dataset="folder", data_dir="cifar10-jpeg", recipe="fast", epochs=6)'
-API_SMALL = 'dict(dataset="shapes", shapes_train=384, shapes_test=96, recipe="fast", epochs=2, batch_size=64, progress=False)'
+API_ORIGINAL = 'dict(dataset="folder", data_dir="cifar10-jpeg", recipe="fast", epochs=8)'
+API_SMALL = ('dict(dataset="shapes", shapes_train=384, shapes_test=96, recipe="fast", epochs=2, low_res_epochs=1, '
+             'batch_size=64, progress=False)')
 
 
 def _api_code(run_dir, image):

@@ -514,6 +514,34 @@ def test_newton_schulz_orthogonalises():
     assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # it had to do something
 
 
+def test_newton_schulz_runs_in_bf16_only_where_the_precision_rule_finds_it_fast(monkeypatch):
+    """Muon's orthogonalisation follows the precision rule: fp32 where bf16 would be emulated
+    (a T4, a CPU without AVX512-BF16/AMX), bf16 where it is native. Measured against the same
+    iteration in float64."""
+    torch.manual_seed(0)
+    g = torch.randn(64, 200)
+
+    def reference(x, steps=3):
+        a, b, c = 3.4445, -4.7750, 2.0315
+        x = (x / x.norm()).double()
+        for _ in range(steps):
+            A = x @ x.T
+            x = a * x + (b * A + c * A @ A) @ x
+        return x.float()
+
+    errors = {}
+    for fast in (False, True):
+        E._fast_bf16.cache_clear()
+        monkeypatch.setattr(E, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        errors[fast] = (E.newton_schulz(g) - reference(g)).abs().max().item()
+    assert errors[False] < 1e-5      # fp32
+    assert errors[True] > 1e-3       # bf16 (8 bits of mantissa)
+    for cap, fast in (((7, 5), False), ((8, 0), True)):   # a T4, an A100
+        E._fast_bf16.cache_clear()
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert E._fast_bf16(torch.device("cuda")) is fast
+    E._fast_bf16.cache_clear()
+
 def test_linear_schedule_decays_to_zero():
     opt = _opt(1.0)
     s = E.Schedule(opt, "linear", epochs=2, steps_per_epoch=5)

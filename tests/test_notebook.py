@@ -103,7 +103,7 @@ def test_a_wrong_parameter_stops_the_notebook_with_one_line_and_writes_nothing(t
     with pytest.raises(papermill.PapermillExecutionError) as e:
         papermill.execute_notebook(str(ROOT / "S7.ipynb"), str(out), cwd=str(ROOT), kernel_name="python3",
                                    progress_bar=False, execution_timeout=300,
-                                   parameters=dict(DATASET="shapes", RECIPE="fast_muon", EPOCHS=5, USE_DRIVE=False,
+                                   parameters=dict(DATASET="shapes", RECIPE="fast", EPOCHS=5, USE_DRIVE=False,
                                                    RUN_DIR=str(run_dir)))
     assert e.value.ename == "ConfigError" and "--low-res-epochs must be >= 0 and < --epochs (5)" in e.value.evalue
     errors = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"

@@ -41,7 +41,7 @@ params = code("""# Parameters (papermill: -p NAME VALUE). Any other TrainConfig 
 # e.g. EXTRA = {"l1": 1e-5, "scheduler": "plateau"}.
 DATASET = "cifar10"          # cifar10 | folder | shapes
 DATA_DIR = "./data"          # cifar10: download folder; folder: ROOT with train/ and test/
-RECIPE = ""                  # "" (the assignment) | "resnet18" (the same) | "fast" | "fast_muon"
+RECIPE = ""                  # "" (the assignment) | "resnet18" (the same) | "fast" | "fast_sgd"
 # None: the recipe's value (no recipe: the package's default); a value given here overrides the recipe.
 MODEL = None                 # resnet18 | resnet34 | custom_resnet | fastnet | vit_tiny | package.module:callable
 EPOCHS = None
