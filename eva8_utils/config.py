@@ -89,8 +89,9 @@ RECIPES["fast"] = dict(
     lookahead=False, epochs=10, low_res_size=26, low_res_epochs=6,
 )
 RECIPES = {name: RECIPES[name] for name in ("resnet18", "fast", "fast_sgd")}  # the order --help lists
-# Names of earlier versions: refused with the name to use now.
-RENAMED_RECIPES = {"fast_muon": "'fast' (the SGD recipe once called 'fast' is now 'fast_sgd')"}
+# Names of earlier versions -> (the name now, a note). Asked for by name they are refused with the
+# name to use; a run folder saved under an old name resumes under the new one (its values are saved).
+RENAMED_RECIPES = {"fast_muon": ("fast", "the SGD recipe once called 'fast' is now 'fast_sgd'")}
 
 
 def _f(default: Any, help: str, *, choices: tuple[str, ...] | None = None, registry: str | None = None,
@@ -466,7 +467,10 @@ def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in _FIELDS}
     recipe = flags.get("recipe", yaml_values.get("recipe", values.get("recipe", "")))
     if recipe in RENAMED_RECIPES:
-        raise ConfigError(f"recipe '{recipe}' has a new name: use {RENAMED_RECIPES[recipe]}")
+        now, note = RENAMED_RECIPES[recipe]
+        if "recipe" in flags or "recipe" in yaml_values:
+            raise ConfigError(f"recipe '{recipe}' has a new name: use '{now}' ({note})")
+        values["recipe"] = recipe = now
     if recipe:
         one_of("recipe", recipe, _FIELDS["recipe"].metadata["choices"])
         # A recipe chosen now (not inherited from a resumed base) is applied over the base.

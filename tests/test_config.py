@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from eva8_utils.config import RECIPES, TrainConfig, build_config
+from eva8_utils.config import RECIPES, TrainConfig, build_config, load_yaml
 from eva8_utils.errors import ConfigError
 from eva8_utils.main import config_from_args, main
 
@@ -130,6 +130,16 @@ def test_precedence_defaults_recipe_yaml_flags(tmp_path):
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.bias_lr_scale) == ("fastnet", 7, 256, 64.0)
     cfg = config_from_args(["--recipe", "fast", "--model", "resnet18", "--max-lr", "0.2"])
     assert cfg.model == "resnet18" and cfg.lr == 0.2
+
+
+def test_a_run_saved_under_an_old_recipe_name_resumes_under_the_new_one_with_its_own_values(tmp_path):
+    saved = dict(build_config(flags=dict(recipe="fast", batch_size=500)).to_dict(), recipe="fast_muon")
+    cfg = build_config(base=saved)  # a resumed 0.2.0 run folder: its saved values, the name of today
+    assert cfg.recipe == "fast" and cfg.batch_size == 500 and cfg.optimizer == "muon"
+    assert {k: v for k, v in cfg.to_dict().items() if k != "recipe"} == {k: v for k, v in saved.items() if k != "recipe"}
+    (tmp_path / "c.yaml").write_text("recipe: fast_muon\n")
+    with pytest.raises(ConfigError, match="recipe 'fast_muon' has a new name: use 'fast'"):
+        build_config(yaml_values=load_yaml(tmp_path / "c.yaml"))
 
 
 def test_fast_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_first_six_epochs():
