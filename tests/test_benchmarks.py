@@ -123,3 +123,57 @@ def test_loader_benchmark_times_each_kind_of_epoch_of_each_recipe(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/bench_loader.py", "--recipes", "turbo", "--synthetic", "64"],
                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --recipes takes names from resnet18, fast, fast_sgd")
+
+
+def test_subset_screening_trains_later_epochs_on_the_highest_loss_images(tmp_path):
+    """benchmarks/screen_subsets.py: fewer steps in the subset epochs, a schedule that still ends at 0,
+    and the subset made of the images with the highest loss last seen."""
+    import csv
+
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import screen_subsets as S
+    from eva8_utils.augment import AugmentConfig
+    from eva8_utils.data import DeviceLoader
+
+    run = tmp_path / "run"
+    _run([sys.executable, "benchmarks/screen_subsets.py", "--subset-from", "2", "--subset-fraction", "0.5", "--",
+          "--recipe", "fast", "--dataset", "shapes", "--shapes-train", "400", "--shapes-test", "40", "--batch-size",
+          "100", "--epochs", "3", "--low-res-epochs", "1", "--tta", "none", "--no-analysis", "--out", str(run)],
+         tmp_path)
+    rows = list(csv.DictReader((run / "steps.csv").open()))
+    assert [sum(r["epoch"] == str(e) for r in rows) for e in (1, 2, 3)] == [4, 2, 2]
+    lrs = [float(r["lr"]) for r in rows]  # linear decay over the 8 real steps: 0.24 * (1 - k/8)
+    assert lrs == pytest.approx([0.24 * (1 - k / 8) for k in range(8)], rel=1e-6)
+
+    # in-process, without patching: which images a subset epoch takes, and the loss it keeps
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 8, 8, 3), dtype=torch.uint8, generator=g)
+    loader = DeviceLoader(images, torch.arange(50) % 10, batch_size=10, mean=(0.5,) * 3, std=(0.25,) * 3, train=True,
+                          aug=AugmentConfig(crop_padding=1, pad_mode="reflect", flip="alternate"), seed=3)
+    loss = torch.rand(50, generator=g)
+    S.STATE["loss"] = loss.clone()
+    S.OPTS.subset_from, S.OPTS.subset_fraction = 2, 0.4
+    try:
+        loader.set_epoch(2)
+        for select, want in (("loss", set(torch.topk(loss, 20).indices.tolist())), ("random", None)):
+            S.OPTS.select = select
+            perm, params = S._epoch_order(loader)
+            assert len(perm) == 20 and len(set(perm.tolist())) == 20 and len(params["crop_y"]) == 20
+            assert set(perm.tolist()) == want if want else set(perm.tolist()) != set(torch.topk(loss, 20).indices.tolist())
+            assert S._plan(loader) == [(0, 10), (10, 20)]
+        loader.set_epoch(1)  # before --subset-from: every image
+        assert len(S._epoch_order(loader)[0]) == 50 and S._plan(loader) == [(s, s + 10) for s in range(0, 50, 10)]
+        out, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+        S.STATE["idx"] = torch.tensor([7, 8, 9, 10])
+        with torch.enable_grad():
+            mean = S._cross_entropy(out, y, label_smoothing=0.2)
+        per = torch.nn.functional.cross_entropy(out, y, label_smoothing=0.2, reduction="none")
+        assert float(mean) == pytest.approx(float(per.mean())) and torch.equal(S.STATE["loss"][7:11], per)
+    finally:
+        S.OPTS.subset_from, S.OPTS.subset_fraction, S.OPTS.select = 0, 1.0, "loss"
+        S.STATE.update(loss=None, idx=None)
+    bad = subprocess.run([sys.executable, "benchmarks/screen_subsets.py", "--subset-from", "1", "--", "--recipe",
+                          "fast"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip().splitlines() == [
+        "error: --subset-from must be 0 (off) or >= 2 (epoch 1 trains on every image), with --subset-fraction in (0, 1)"]
