@@ -43,14 +43,9 @@ def _active(loader: D.DeviceLoader) -> bool:
 
 
 def _bounds(n: int, batch: int, drop_last: bool) -> list[tuple[int, int]]:
-    """The DeviceLoader's batch plan for n images on one process."""
-    bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
-    if drop_last and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < batch:
-        bounds.pop()
-    elif len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
-        bounds[-2] = (bounds[-2][0], n)
-        bounds.pop()
-    return bounds
+    """The DeviceLoader's own batch plan for n training images on one process."""
+    return _orig_plan(types.SimpleNamespace(num_samples=n, batch_size=batch, drop_last=drop_last, train=True,
+                                            world_size=1, rank=0))
 
 
 def subset_size(n: int) -> int:
@@ -80,6 +75,10 @@ def _epoch_order(self):
     if not _active(self):
         return perm, params
     n, m = len(self.images), subset_size(len(self.images))
+    alternate = self.aug is not None and self.aug.flip == "alternate"  # airbench's flip belongs to the image
+    if alternate:  # each image's mirroring this epoch, as the loader drew it (params are per position in perm)
+        flip_of = torch.empty_like(params["flip"])
+        flip_of[perm] = params["flip"]
     if OPTS.select == "random":
         chosen = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 31)))[:m]
     else:
@@ -87,26 +86,21 @@ def _epoch_order(self):
     g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, salt=29))
     perm = chosen[torch.randperm(m, generator=g)]
     params = A.slice_params(params, slice(0, m))  # augmentation parameters are per position
-    if self.aug is not None and self.aug.flip == "alternate":
-        base = torch.rand(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, 0, salt=7))) < 0.5
-        params["flip"] = base[perm] ^ (self.epoch % 2 == 0)
+    if alternate:
+        params["flip"] = flip_of[perm]
     return perm, params
 
 
 def _iterate(self, start: int = 0):
-    if not self.train:
-        yield from _orig_iterate(self, start)
-        return
-    if self.aug is not None and self.aug.mixing:
+    """The loader's own batches, noting which images each one holds (for the loss)."""
+    if self.train and self.aug is not None and self.aug.mixing:
         raise SystemExit("screen_subsets.py: batch mixing (--mixup/--cutmix) is not supported")
-    perm, params = self.epoch_order()
-    plan = self._plan()
-    for i in range(start, len(plan)):
-        s, e = plan[i]
-        idx = perm[s:e]
-        x = self.transform(self.images.index_select(0, idx), A.slice_params(params, slice(s, e)))
-        STATE["idx"] = idx
-        yield x, self.labels.index_select(0, idx)
+    perm, plan = (self.epoch_order()[0], self._plan()) if self.train else (None, None)
+    for i, batch in enumerate(_orig_iterate(self, start), start):
+        if perm is not None:
+            s, e = plan[i]
+            STATE["idx"] = perm[s:e]
+        yield batch
 
 
 _orig_iterate = D.DeviceLoader.iterate
