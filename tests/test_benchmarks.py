@@ -162,6 +162,16 @@ def test_subset_screening_trains_later_epochs_on_the_highest_loss_images(tmp_pat
             assert len(perm) == 20 and len(set(perm.tolist())) == 20 and len(params["crop_y"]) == 20
             assert set(perm.tolist()) == want if want else set(perm.tolist()) != set(torch.topk(loss, 20).indices.tolist())
             assert S._plan(loader) == [(0, 10), (10, 20)]
+        class Patched(DeviceLoader):
+            _plan, epoch_order, iterate = S._plan, S._epoch_order, S._iterate
+        patched = Patched(images, torch.arange(50) % 10, batch_size=10, mean=(0.5,) * 3, std=(0.25,) * 3, train=True,
+                          aug=AugmentConfig(crop_padding=1, pad_mode="reflect", flip="alternate"), seed=3)
+        for epoch in (1, 2):  # each batch's noted images are the ones it holds
+            patched.set_epoch(epoch)
+            seen = [(y.clone(), S.STATE["idx"].clone()) for _, y in patched]
+            assert sum(len(i) for _, i in seen) == (50 if epoch == 1 else 20)
+            assert all(torch.equal(y, i % 10) for y, i in seen) and len({int(j) for _, i in seen for j in i}) == sum(
+                len(i) for _, i in seen)
         loader.set_epoch(1)  # before --subset-from: every image
         assert len(S._epoch_order(loader)[0]) == 50 and S._plan(loader) == [(s, s + 10) for s in range(0, 50, 10)]
         out, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
