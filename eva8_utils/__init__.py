@@ -18,7 +18,7 @@ Nothing happens at import: no device is touched and optional dependencies
 (pytorch-grad-cam, torchinfo, tensorboard, gradio) load only when used.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .analysis import Analysis  # noqa: E402
 from .checkpoint import load_model  # noqa: E402

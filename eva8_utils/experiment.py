@@ -35,6 +35,7 @@ from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceM
                      choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
 from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
+from .models.cpu_conv import use_gemm_wgrad
 from .utils import device_description, get_device, keep_freed_memory, model_summary, seed_everything
 
 logger = logging.getLogger("eva8_utils")
@@ -186,6 +187,8 @@ class Experiment:
 
             get_layer(model, cfg.cam_layer)
         prepare_model(model, self.train_loader, self.device, channels_last=cfg.channels_last, seed=cfg.seed)
+        if self.device.type == "cpu" and cfg.cpu_gemm_wgrad:
+            use_gemm_wgrad(model)
         if cfg.sync_bn and D.world_size() > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model

@@ -178,6 +178,84 @@ def test_fastnet_freezes_the_whitening_bias_after_its_epochs_and_trains_it_at_th
     assert not any(p is model.whiten.bias for p in biases["params"]) and biases["lr"] == pytest.approx(6.4)
 
 
+@pytest.mark.parametrize("n,c,co,h,w", [(5, 3, 4, 3, 3), (4, 6, 8, 6, 6), (3, 4, 5, 1, 5), (2, 3, 3, 4, 7),
+                                          (3, 2, 3, 8, 8), (2, 3, 2, 5, 1)])
+def test_the_matrix_product_weight_gradient_equals_autograds(n, c, co, h, w):
+    from eva8_utils.models.cpu_conv import conv3x3_weight_grad
+
+    gen = torch.Generator().manual_seed(n * 100 + h * 10 + w)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=gen)
+    g = torch.randn(n, co, h, w, dtype=torch.float64, generator=gen)
+    weight = torch.randn(co, c, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    expected, = torch.autograd.grad(torch.nn.functional.conv2d(x, weight, padding=1), weight, g)
+    got = conv3x3_weight_grad(x, g)
+    assert got.shape == (co, c, 3, 3)
+    assert (got - expected).abs().max().item() < 1e-10 * expected.abs().max().item()
+
+
+def test_fastnet_convolutions_on_small_maps_take_the_matrix_product_weight_gradient_in_bf16():
+    from eva8_utils.models.cpu_conv import MAX_PIXELS, use_gemm_wgrad
+    from eva8_utils.models.fastnet import DiracConv
+
+    torch.manual_seed(0)
+    plain = DiracConv(16, 32).to(memory_format=torch.channels_last)
+    fast = DiracConv(16, 32).to(memory_format=torch.channels_last)
+    fast.load_state_dict(plain.state_dict())
+    assert not fast.gemm_wgrad and use_gemm_wgrad(nn.Sequential(fast, nn.ReLU())) == 1 and fast.gemm_wgrad
+
+    def run(conv, x, g):
+        x = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        y.backward(g)
+        out = y.detach().float(), x.grad.clone(), conv.weight.grad.clone(), y.grad_fn.name()
+        conv.weight.grad = None
+        return out
+
+    for side, takes_it in ((3, True), (6, True), (8, True), (9, False), (12, False)):
+        assert (side * side <= MAX_PIXELS) == takes_it
+        x = torch.randn(40, 16, side, side).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(40, 32, side, side)
+        y0, gx0, gw0, fn0 = run(plain, x, g)
+        y1, gx1, gw1, fn1 = run(fast, x, g)
+        assert ("_Conv3x3" in fn1) == takes_it and "_Conv3x3" not in fn0
+        assert torch.equal(y0, y1) and torch.equal(gx0, gx1)  # forward and input gradient: oneDNN's in both
+        assert gw1.dtype == torch.float32 and torch.isfinite(gw1).all()
+        assert (gw1 - gw0).norm() / gw0.norm() < 2e-3  # bf16 products, fp32 sums in another order
+        w64 = plain.weight.detach().bfloat16().double().requires_grad_()
+        exact, = torch.autograd.grad(torch.nn.functional.conv2d(x.bfloat16().double(), w64, padding=1), w64,
+                                     g.bfloat16().double())
+        for got in (gw0, gw1):  # both are the gradient up to bf16 rounding
+            assert (got.double() - exact).norm() / exact.norm() < 5e-3
+    # No gradient wanted, or fp32: the usual convolution.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(torch.randn(2, 16, 3, 3)).shape == (2, 32, 3, 3)
+    x = torch.randn(4, 16, 3, 3, requires_grad=True)
+    assert "_Conv3x3" not in fast(x).grad_fn.name()
+
+
+def test_the_experiment_switches_the_matrix_product_weight_gradient_by_its_setting():
+    from eva8_utils import experiment as E
+
+    for on in (True, False):
+        cfg = TrainConfig(dataset="shapes", shapes_train=64, shapes_test=32, batch_size=32, model="fastnet",
+                          device="cpu", cpu_gemm_wgrad=on, analysis=False, progress=False)
+        exp = E.Experiment(cfg)
+        exp.load_data()
+        model = exp.build_model()
+        convs = [m for m in model.modules() if hasattr(m, "gemm_wgrad")]
+        assert len(convs) == 6 and all(m.gemm_wgrad == on for m in convs)
+        seen = {}
+        hooks = [model.get_submodule(name).register_forward_hook(
+            lambda mod, inp, out, name=name: seen.__setitem__(name, out.grad_fn.name())) for name in
+            ("block1.conv2", "block3.conv2")]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a training forward pass at 32x32: maps of 15x15 and 3x3
+            model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+        for h in hooks:
+            h.remove()
+        assert ("_Conv3x3" in seen["block3.conv2"]) == on and "_Conv3x3" not in seen["block1.conv2"]
+
+
 def test_a_model_given_as_module_callable(tmp_path, monkeypatch):
     (tmp_path / "usernets.py").write_text(
         "import torch.nn as nn\n"

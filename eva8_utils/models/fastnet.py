@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .cpu_conv import conv3x3_gemm_wgrad
 from .norm import make_norm
 
 
@@ -31,10 +32,24 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class DiracConv(nn.Conv2d):
-    """3x3 'same' convolution without bias, the first ``in_channels`` filters start as identity."""
+    """3x3 'same' convolution without bias, the first ``in_channels`` filters start as identity.
+
+    ``gemm_wgrad`` (off unless switched on, e.g. by :func:`~eva8_utils.models.cpu_conv.use_gemm_wgrad`):
+    in bf16 on the CPU, on maps of at most 8x8, compute the weight gradient as matrix products
+    (:mod:`eva8_utils.models.cpu_conv`) instead of with oneDNN's kernel.
+    """
+
+    gemm_wgrad = False
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemm_wgrad:
+            y = conv3x3_gemm_wgrad(x, self.weight)
+            if y is not None:
+                return y
+        return super().forward(x)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
