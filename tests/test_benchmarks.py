@@ -187,3 +187,24 @@ def test_subset_screening_trains_later_epochs_on_the_highest_loss_images(tmp_pat
                           "fast"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip().splitlines() == [
         "error: --subset-from must be 0 (off) or >= 2 (epoch 1 trains on every image), with --subset-fraction in (0, 1)"]
+
+
+def test_weight_gradient_benchmark_pairs_processes_with_and_without_the_matrix_products(tmp_path):
+    path = tmp_path / "wgrad.json"
+    _run([sys.executable, "benchmarks/bench_wgrad.py", "--size", "16", "--size", "32", "--pairs", "1", "--steps", "1",
+          "--warmup", "1", "--batch-size", "16", "--out", str(path)], tmp_path)
+    r = json.loads(path.read_text())
+    assert r["batch_size"] == 16 and [(row["size"], row["pair"]) for row in r["rows"]] == [(16, 1), (32, 1)]
+    for row in r["rows"]:
+        on, off = row["on_s"], row["off_s"]
+        assert on > 0 and off > 0
+        # the ratio of the unrounded times: within what rounding each (to 1e-4 s) and the ratio (to 1e-3) allows
+        assert abs(row["ratio"] - on / off) <= 5e-4 + 5e-5 / off + 5e-5 * on / off ** 2 + 1e-9
+        assert row["gemm_convs_off"] == []  # off: oneDNN's kernel everywhere
+        # on: every convolution on maps of at most 8x8 (16 px input: 15 -> 7 -> 3 -> 1; 32 px: 31 -> 15 -> 7 -> 3)
+        small = ["block2.conv2", "block3.conv1", "block3.conv2"]
+        want = sorted(["block1.conv2", "block2.conv1"] + small) if row["size"] == 16 else small
+        assert row["gemm_convs_on"] == want
+    bad = subprocess.run([sys.executable, "benchmarks/bench_wgrad.py", "--size", "8"], cwd=ROOT, env=cli_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--size at least 16" in bad.stderr.strip().splitlines()[-1]
