@@ -75,7 +75,7 @@ class _Conv3x3(torch.autograd.Function):
 def _cpu_autocast_dtype() -> torch.dtype | None:
     try:
         return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    except TypeError:  # torch < 2.4
+    except (TypeError, AttributeError):  # torch < 2.4
         return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
