@@ -2,7 +2,8 @@
 
 On a CPU with native bf16 (AMX), oneDNN's kernel for the *weight* gradient of a 3x3
 convolution is slow when the maps are small: for fastnet's 256-channel layers on 6x6 and
-3x3 maps it reaches a third of the matrix-multiply rate, and there it is most of a step.
+3x3 maps it ran at about a third of the rate of a plain matrix product on the Xeon (one
+thread), and those layers' weight gradients are a large part of a training step.
 The same gradient is a sum over the 9 filter taps of ``grad_out^T @ shifted input``.
 :func:`conv3x3_weight_grad` computes it as three matrix products (one per row of taps):
 the input padded by a zero row above and below each image, its three column shifts laid
