@@ -187,8 +187,8 @@ class Experiment:
 
             get_layer(model, cfg.cam_layer)
         prepare_model(model, self.train_loader, self.device, channels_last=cfg.channels_last, seed=cfg.seed)
-        if self.device.type == "cpu" and cfg.cpu_gemm_wgrad:
-            use_gemm_wgrad(model)
+        # The setting decides, also for a model passed in with the switch already set.
+        use_gemm_wgrad(model, self.device.type == "cpu" and cfg.cpu_gemm_wgrad)
         if cfg.sync_bn and D.world_size() > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
