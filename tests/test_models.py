@@ -180,9 +180,20 @@ def test_fastnet_freezes_the_whitening_bias_after_its_epochs_and_trains_it_at_th
 
 @pytest.mark.parametrize("n,c,co,h,w", [(5, 3, 4, 3, 3), (4, 6, 8, 6, 6), (3, 4, 5, 1, 5), (2, 3, 3, 4, 7),
                                           (3, 2, 3, 8, 8), (2, 3, 2, 5, 1)])
-def test_the_matrix_product_weight_gradient_equals_autograds(n, c, co, h, w):
+def test_the_matrix_product_weight_gradient_equals_autograds(n, c, co, h, w, monkeypatch):
     from eva8_utils.models.cpu_conv import conv3x3_weight_grad
 
+    # Deterministic mode fills new_empty's memory with NaN: a border left unzeroed shows.
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        _check_weight_grad(conv3x3_weight_grad, n, c, co, h, w)
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def _check_weight_grad(conv3x3_weight_grad, n, c, co, h, w):
     gen = torch.Generator().manual_seed(n * 100 + h * 10 + w)
     x = torch.randn(n, c, h, w, dtype=torch.float64, generator=gen)
     g = torch.randn(n, co, h, w, dtype=torch.float64, generator=gen)

@@ -39,13 +39,19 @@ def conv3x3_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor
     co = grad_out.shape[1]
     hp = h + 2
     xn = x.permute(0, 2, 3, 1)  # (N, H, W, C): a free view of a channels_last tensor
-    cols = x.new_zeros(n, hp, w, 3, c)  # one zero row above and below each image
-    cols[:, 1:h + 1, 1:, 0] = xn[:, :, :w - 1]  # tap column 0 reads the pixel to the left
+    # Only the borders are zeroed (a full zero-fill of these buffers measured about a twentieth of a step).
+    cols = x.new_empty(n, hp, w, 3, c)
+    cols[:, 0].zero_()  # one zero row above and below each image
+    cols[:, h + 1].zero_()
+    cols[:, 1:h + 1, 0, 0].zero_()  # tap column 0 reads the pixel to the left: zero in the first column
+    cols[:, 1:h + 1, 1:, 0] = xn[:, :, :w - 1]
     cols[:, 1:h + 1, :, 1] = xn
     cols[:, 1:h + 1, :w - 1, 2] = xn[:, :, 1:]
+    cols[:, 1:h + 1, w - 1, 2].zero_()  # tap column 2 reads the pixel to the right: zero in the last column
     cols = cols.view(n * hp * w, 3 * c)
-    g = grad_out.new_zeros(n, hp, w, co)  # the gradient on the same padded grid, zero below
+    g = grad_out.new_empty(n, hp, w, co)  # the gradient on the same padded grid, zero in the two rows below
     g[:, :h] = grad_out.permute(0, 2, 3, 1)
+    g[:, h:].zero_()
     g_t = g.view(n * hp * w, co).t()
     rows = n * hp * w
     out = x.new_empty(co, 3, 3, c)
