@@ -39,7 +39,7 @@ def conv3x3_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor
     co = grad_out.shape[1]
     hp = h + 2
     xn = x.permute(0, 2, 3, 1)  # (N, H, W, C): a free view of a channels_last tensor
-    # Only the borders are zeroed (a full zero-fill of these buffers measured about a twentieth of a step).
+    # Only the borders are zeroed: in a profile of a `fast` step, zero-filling these whole buffers took about 3% of it.
     cols = x.new_empty(n, hp, w, 3, c)
     cols[:, 0].zero_()  # one zero row above and below each image
     cols[:, h + 1].zero_()
