@@ -1,58 +1,157 @@
 #!/usr/bin/env bash
 # Every GPU measurement of benchmarks/RESULTS.md in one script (sized for under 8 minutes on an
-# H100/H200-class GPU):
-#   1. the resnet18 recipe for 20 epochs: seconds per epoch, test accuracy plain and with TTA;
+# H100/H200-class GPU; BUDGET_S makes it fit a shorter lease), in order of importance:
+#   1. the resnet18 recipe (the main job) for 20 epochs, with its analysis: seconds per epoch, test
+#      accuracy plain and with TTA, the CAM checks;
 #   2. the fast recipe's time to TARGET% test accuracy with TTA (default 91: the JPEG copy costs these
 #      recipes about 3 points against the original CIFAR-10's 94%): runs of growing length, the
-#      shortest one that reaches it gives the time; then one run of the fast_sgd recipe;
-#   3. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader).
+#      shortest one that reaches it gives the time;
+#   3. the notebook S7.ipynb through papermill, 2 epochs of the main job (if papermill is installed);
+#   4. with OLD_CODE, the fast recipe from an older checkout (the time ratio of the two on this GPU);
+#   5. one run of the fast_sgd recipe;
+#   6. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader);
+#   7. screening: the fast recipe and the variants in SCREEN over seeds 1..SEEDS, PAR runs at a time
+#      on the one GPU (accuracies only: their times overlap), round-robin by seed until the budget ends.
+# Every step runs on when an earlier one fails (its exit code goes to steps.txt) and is skipped when
+# the budget has too little left for it; summarize.py reads whatever the folder holds.
 #
 # Usage:  bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]
 #   DATA_DIR: an unpacked copy of the CIFAR-10 JPEG archive (the folder with train/ and test/).
-#   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in under a minute (tiny settings).
+#   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in a few minutes (tiny settings).
 #   PYTHON=/path/to/python picks the interpreter (default: python on PATH).
 #   TARGET=94 FAST_EPOCHS="10 12" set the accuracy to reach and the run lengths to try.
-set -euo pipefail
+#   BUDGET_S=450: stop starting steps (and screening runs) when they would not finish in time.
+#   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
+#   SCREEN="fast|e11:--epochs 11 --low-res-epochs 7" SEEDS=10 PAR=5: the screening (step 7);
+#   SCREEN="" skips it.
+#   PACK=FILE.tar.gz: after every step, pack OUT_DIR (without checkpoints) into FILE.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]}
 OUT=${2:-benchmarks/out/gpu}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+[ -d "$DATA" ] && DATA=$(cd "$DATA" && pwd)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 TARGET=${TARGET:-91}
+BUDGET=${BUDGET_S:-0}
+DEADLINE=$(( $(date +%s) + (BUDGET > 0 ? BUDGET : 999999) ))
+SCREEN_DEFAULT="fast|e11:--epochs 11 --low-res-epochs 7"
+SEEDS=${SEEDS:-10}
+PAR=${PAR:-5}
+: > "$OUT/steps.txt"
 
 if [ "${SMOKE:-0}" = "1" ]; then
-  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="2"; FAST_FLAGS="--low-res-epochs 1"; SGD_EPOCHS="--epochs 1"; LIMIT="--shapes-train 256 --shapes-test 64 --batch-size 64"; DS="--dataset shapes"
+  DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="2"; FAST_FLAGS="--low-res-epochs 1"; SGD_EPOCHS="--epochs 1"
+  LIMIT="--shapes-train 256 --shapes-test 64 --batch-size 64"; DS="--dataset shapes"
   TP="--device cpu --synthetic 1024 --batch-size 64 --models fastnet --data-batches 2 --step-batches fastnet=2"
   TP="$TP --repeats 1 --workers 0"
+  NB=(-p DATASET shapes -p MODEL fastnet -p EPOCHS 1 -p BATCH_SIZE 64 -p RUN_LR_FINDER False -p NUM_IMAGES 4
+      -y "{EXTRA: {shapes_train: 256, shapes_test: 64, progress: false, width: 0.5}}")
+  SCREEN_FLAGS="--epochs 2 --low-res-epochs 0 --tta none"; SEEDS=${SMOKE_SEEDS:-2}
+  SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; OLD_FLAGS=${OLD_FLAGS-"--epochs 2"}
 else
-  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-8 10 12 14}"; FAST_FLAGS=""; SGD_EPOCHS=""; LIMIT=""; DS="--dataset folder --data-dir $DATA"
-  TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 90 --step-batches fastnet=90,resnet18=40"
+  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12}"; FAST_FLAGS=""; SGD_EPOCHS=""; LIMIT=""
+  DS="--dataset folder --data-dir $DATA"
+  TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 30 --step-batches fastnet=30,resnet18=20"
+  TP="$TP --repeats 1 --workers 8"
+  NB=(-p DATASET folder -p DATA_DIR "$DATA" -p EPOCHS 2 -y "{EXTRA: {progress: false}}")
+  SCREEN_FLAGS=""; OLD_FLAGS=${OLD_FLAGS-}
 fi
+SCREEN=${SCREEN-$SCREEN_DEFAULT}
+
+left() { echo $(( DEADLINE - $(date +%s) )); }
+
+pack() {
+  [ -n "${PACK:-}" ] || return 0
+  tar czf "$PACK.tmp" --exclude='*.pt' -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$PACK.tmp" "$PACK"
+}
+
+# step NAME NEED_S CMD...: run CMD (its output also in OUT/NAME.log) if NEED_S seconds are left.
+step() {
+  local name=$1 need=$2 l rc t0
+  shift 2
+  l=$(left)
+  if [ "$l" -lt "$need" ]; then
+    echo "== $name: skipped ($l s left, it needs about $need)"
+    echo "$name skipped" >> "$OUT/steps.txt"
+    return 1
+  fi
+  echo "== $name"
+  t0=$(date +%s)
+  timeout "$l" "$@" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" >> "$OUT/steps.txt"
+  pack
+  return "$rc"
+}
+
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi") > "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+cat "$OUT/gpu.txt"
 
-echo "== 1. resnet18 recipe, $R18_EPOCHS epochs"
-$PY -m eva8_utils.main --recipe resnet18 $DS $LIMIT --epochs "$R18_EPOCHS" --device "$DEV" \
-  --out "$OUT/resnet18" --overwrite --no-progress --no-analysis | tee "$OUT/resnet18.log"
+RUN="$PY -m eva8_utils.main --device $DEV --overwrite --no-progress"
 
-echo "== 2. fast recipe: time to $TARGET% (TTA)"
+# 1. The main job.
+step resnet18 60 $RUN --recipe resnet18 $DS $LIMIT --epochs "$R18_EPOCHS" --out "$OUT/resnet18"
+
+# 2. The fast recipe: time to TARGET%.
 for e in $FAST_EPOCHS; do
-  $PY -m eva8_utils.main --recipe fast $DS $LIMIT --epochs "$e" $FAST_FLAGS --device "$DEV" \
-    --out "$OUT/fast_$e" --overwrite --no-progress --no-analysis | tee "$OUT/fast_$e.log"
+  step "fast_$e" 30 $RUN --recipe fast $DS $LIMIT --epochs "$e" $FAST_FLAGS --out "$OUT/fast_$e" --no-analysis || true
   if $PY - "$OUT/fast_$e/metrics.json" "$TARGET" <<'PY'
 import json, sys
-m = json.load(open(sys.argv[1]))
+try:
+    m = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(1)
 sys.exit(0 if m.get("test_acc_tta", 0) >= float(sys.argv[2]) else 1)
 PY
   then break; fi
 done
+# 3. The notebook (2 epochs of the main job; papermill and ipykernel must be importable).
+if $PY -c "import papermill, ipykernel" 2>/dev/null; then
+  step notebook 60 env MPLBACKEND=Agg $PY -m papermill S7.ipynb "$OUT/S7_gpu.ipynb" "${NB[@]}" -p RUN_DIR "$OUT/notebook" \
+    -p OVERWRITE True -p SAVE_README_IMAGES False -k python3 --cwd "$PWD" --no-progress-bar
+else
+  echo "notebook skipped (no papermill)" >> "$OUT/steps.txt"
+fi
 
-echo "== 2b. fast_sgd recipe"
-$PY -m eva8_utils.main --recipe fast_sgd $DS $LIMIT $SGD_EPOCHS --device "$DEV" \
-  --out "$OUT/fast_sgd" --overwrite --no-progress --no-analysis | tee "$OUT/fast_sgd.log"
+# 4. The fast recipe of an older checkout, and 5. fast_sgd.
+if [ -n "${OLD_CODE:-}" ]; then
+  step fast_old 30 bash -c 'cd "$1" && shift && exec "$@"' _ "$OLD_CODE" \
+    $RUN --recipe fast $DS $LIMIT $OLD_FLAGS --no-analysis --out "$OUT/fast_old"
+fi
+step fast_sgd 30 $RUN --recipe fast_sgd $DS $LIMIT $SGD_EPOCHS --out "$OUT/fast_sgd" --no-analysis
 
-echo "== 3. throughput, ours vs classic"
-$PY benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
+# 6. Throughput.
+step throughput 30 $PY benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
+
+# 7. Screening, round-robin by seed, PAR runs at a time, none started after the deadline.
+if [ -n "$SCREEN" ]; then
+  mkdir -p "$OUT/screen"
+  jobs_file="$OUT/screen/jobs.txt"
+  : > "$jobs_file"
+  IFS='|' read -ra configs <<< "$SCREEN"
+  for s in $(seq 1 "$SEEDS"); do
+    for c in "${configs[@]}"; do
+      name=${c%%:*}; flags=""; [ "$c" != "$name" ] && flags=${c#*:}
+      echo "${name}_s$s|$s|$flags" >> "$jobs_file"
+    done
+  done
+  export PY DEV DS LIMIT SCREEN_FLAGS OUT DEADLINE
+  echo "== screen: $(wc -l < "$jobs_file") runs, $PAR at a time"
+  t0=$(date +%s)
+  tr '\n' '\0' < "$jobs_file" | xargs -0 -P "$PAR" -I{} bash -c '
+    IFS="|" read -r name seed flags <<< "$1"
+    l=$(( DEADLINE - $(date +%s) ))
+    [ "$l" -gt 20 ] || { echo "$name skipped"; exit 0; }
+    OMP_NUM_THREADS=2 timeout "$l" $PY -m eva8_utils.main --recipe fast $DS $LIMIT $SCREEN_FLAGS --seed "$seed" $flags \
+      --device "$DEV" --overwrite --no-progress --no-analysis --out "$OUT/screen/$name" > "$OUT/screen/$name.log" 2>&1
+    echo "$name rc=$?"' _ {} | tee "$OUT/screen/done.txt"
+  echo "screen $(grep -c 'rc=0' "$OUT/screen/done.txt") of $(wc -l < "$jobs_file") runs $(( $(date +%s) - t0 ))s" \
+    >> "$OUT/steps.txt"
+fi
 
 $PY benchmarks/summarize.py "$OUT" "$TARGET"
+pack

@@ -8,10 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +26,41 @@ def _run(args, tmp_path, **env):
 
 def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     out = _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
-               PYTHON=sys.executable)
+               PYTHON=sys.executable, OLD_CODE=str(ROOT),
+               OLD_FLAGS="--epochs 2 --low-res-epochs 1", SMOKE_SEEDS="1", PACK=str(tmp_path / "gpu.tar.gz"))
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
+    assert [line.split(" rc=")[1].split()[0] for line in s["steps"][:-1]] == ["0"] * 6, s["steps"]
+    assert s["steps"][-1].startswith("screen 2 of 2 runs")
     assert s["resnet18"]["epochs"] == 1 and 0 <= s["resnet18"]["test_acc"] <= 100
     assert [r["epochs"] for r in s["fast"]] == [2] and s["target"] == 91.0
     reached = [r for r in s["fast"] if r["test_acc_tta"] >= 91.0]
     assert s["fast_time_to_target_s"] == (reached[0]["train_time_s"] if reached else None)
+    assert s["fast_time_vs_old"] == pytest.approx(s["fast"][0]["train_time_s"] / s["fast_old"]["train_time_s"],
+                                                  abs=0.001)
     assert s["fast_sgd"]["epochs"] == 1 and 0 <= s["fast_sgd"]["test_acc"] <= 100
+    assert s["notebook"]["epochs"] == 1 and (tmp_path / "gpu" / "S7_gpu.ipynb").exists()
+    assert sorted(s["screen"]) == ["fast", "l1"]
+    for name, g in s["screen"].items():
+        (run,) = g["runs"]
+        assert g["n"] == 1 and run["seed"] == 1 and run["epochs"] == 2
+        assert g["mean_test_acc"] == run["test_acc"] == read_metrics(tmp_path / "gpu" / "screen" / f"{name}_s1")["test_acc"]
     steps = s["throughput"]["step_images_per_s"]["fastnet"]
     for k, v in s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"].items():
         assert v == pytest.approx(steps["ours"] / steps[k], abs=0.01)
     assert "fast recipe time to 91% (TTA)" in out.stdout
+    with tarfile.open(tmp_path / "gpu.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu/summary.json" in names and "gpu/resnet18/metrics.json" in names
+    assert not [n for n in names if n.endswith(".pt")]
+
+
+def test_gpu_script_skips_what_the_budget_cannot_hold_and_still_summarises(tmp_path):
+    _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
+         PYTHON=sys.executable, BUDGET_S="1", SCREEN="")
+    s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
+    assert s["steps"] == ["resnet18 skipped", "fast_2 skipped", "notebook skipped", "fast_sgd skipped",
+                          "throughput skipped"]
+    assert s["fast"] == [] and "resnet18" not in s and "screen" not in s
 
 
 def test_time_to_accuracy_measures_both_recipes_at_every_mark(tmp_path):
