@@ -46,7 +46,7 @@ SETTINGS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="CIFAR-10 image folder (the JPEG copy)")
-    p.add_argument("--subset", type=int, default=5000, help="training images (class-balanced, seeded)")
+    p.add_argument("--subset", type=int, default=5000, help="training images (class-balanced, seeded; 0 = the whole split, a GPU run)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--only", nargs="+", choices=sorted(SETTINGS), default=["recipe", "classic", "adam"],

@@ -24,6 +24,8 @@
 #   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
 #   SCREEN="fast|e11:--epochs 11 --low-res-epochs 7" SEEDS=10 PAR=5: the screening (step 7);
 #   SCREEN="" skips it.
+#   ONLY="fast_10 screen": run only these steps (names as in steps.txt: resnet18 fast_E notebook fast_old
+#   fast_sgd throughput screen).
 #   PACK=FILE.tar.gz: after every step, pack OUT_DIR (without checkpoints) into FILE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,8 @@ fi
 SCREEN=${SCREEN-$SCREEN_DEFAULT}
 
 left() { echo $(( DEADLINE - $(date +%s) )); }
+# wanted NAME: the step is in ONLY (space-separated step names; unset or empty = every step).
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 pack() {
   [ -n "${PACK:-}" ] || return 0
@@ -72,6 +76,7 @@ pack() {
 step() {
   local name=$1 need=$2 l rc t0
   shift 2
+  wanted "$name" || return 1
   l=$(left)
   if [ "$l" -lt "$need" ]; then
     echo "== $name: skipped ($l s left, it needs about $need)"
@@ -113,7 +118,7 @@ done
 if $PY -c "import papermill, ipykernel" 2>/dev/null; then
   step notebook 60 env MPLBACKEND=Agg $PY -m papermill S7.ipynb "$OUT/S7_gpu.ipynb" "${NB[@]}" -p RUN_DIR "$OUT/notebook" \
     -p OVERWRITE True -p SAVE_README_IMAGES False -k python3 --cwd "$PWD" --no-progress-bar
-else
+elif wanted notebook; then
   echo "notebook skipped (no papermill)" >> "$OUT/steps.txt"
 fi
 
@@ -128,7 +133,7 @@ step fast_sgd 30 $RUN --recipe fast_sgd $DS $LIMIT $SGD_EPOCHS --out "$OUT/fast_
 step throughput 30 $PY benchmarks/bench_throughput.py $TP --out "$OUT/throughput.json"
 
 # 7. Screening, round-robin by seed, PAR runs at a time, none started after the deadline.
-if [ -n "$SCREEN" ]; then
+if [ -n "$SCREEN" ] && wanted screen; then
   mkdir -p "$OUT/screen"
   jobs_file="$OUT/screen/jobs.txt"
   : > "$jobs_file"

@@ -54,13 +54,18 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     assert not [n for n in names if n.endswith(".pt")]
 
 
-def test_gpu_script_skips_what_the_budget_cannot_hold_and_still_summarises(tmp_path):
+def test_gpu_script_skips_what_the_budget_cannot_hold_or_only_leaves_out(tmp_path):
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
          PYTHON=sys.executable, BUDGET_S="1", SCREEN="")
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
     assert s["steps"] == ["resnet18 skipped", "fast_2 skipped", "notebook skipped", "fast_sgd skipped",
                           "throughput skipped"]
     assert s["fast"] == [] and "resnet18" not in s and "screen" not in s
+    _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "only")], tmp_path, SMOKE="1",
+         PYTHON=sys.executable, ONLY="fast_sgd screen", SCREEN="fast", SMOKE_SEEDS="1")
+    s = json.loads((tmp_path / "only" / "summary.json").read_text())
+    assert [line.split()[0] for line in s["steps"]] == ["fast_sgd", "screen"] and s["fast_sgd"]["epochs"] == 1
+    assert list(s["screen"]) == ["fast"] and s["screen"]["fast"]["n"] == 1
 
 
 def test_time_to_accuracy_measures_both_recipes_at_every_mark(tmp_path):
