@@ -19,7 +19,8 @@
 #   DATA_DIR: an unpacked copy of the CIFAR-10 JPEG archive (the folder with train/ and test/).
 #   SMOKE=1 bash benchmarks/gpu.sh DATA_DIR   checks the script on a CPU in a few minutes (tiny settings).
 #   PYTHON=/path/to/python picks the interpreter (default: python on PATH).
-#   TARGET=94 FAST_EPOCHS="10 12" set the accuracy to reach and the run lengths to try.
+#   TARGET=94 FAST_EPOCHS="10 12" set the accuracy to reach and the run lengths to try; FAST_FLAGS adds flags
+#   to those runs (e.g. FAST_EPOCHS=14 FAST_FLAGS="--low-res-epochs 10" times that schedule alone).
 #   BUDGET_S=450: stop starting steps (and screening runs) when they would not finish in time.
 #   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
 #   SCREEN="fast|e11:--epochs 11 --low-res-epochs 7" SEEDS=10 PAR=5: the screening (step 7);
@@ -54,7 +55,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   SCREEN_FLAGS="--epochs 2 --low-res-epochs 0 --tta none"; SEEDS=${SMOKE_SEEDS:-2}
   SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; OLD_FLAGS=${OLD_FLAGS-"--epochs 2"}
 else
-  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12}"; FAST_FLAGS=""; SGD_EPOCHS=""; LIMIT=""
+  DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12}"; FAST_FLAGS="${FAST_FLAGS-}"; SGD_EPOCHS=""; LIMIT=""
   DS="--dataset folder --data-dir $DATA"
   TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 30 --step-batches fastnet=30,resnet18=20"
   TP="$TP --repeats 1 --workers 8"
