@@ -32,9 +32,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: bash benchmarks/gpu.sh DATA_DIR [OUT_DIR]}
 OUT=${2:-benchmarks/out/gpu}
+if [ -d "$DATA" ]; then
+  DATA=$(cd "$DATA" && pwd)
+elif [ "${SMOKE:-0}" != "1" ]; then
+  echo "error: DATA_DIR $DATA is not a folder; give the unpacked CIFAR-10 JPEG copy (the folder with train/ and test/)" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-[ -d "$DATA" ] && DATA=$(cd "$DATA" && pwd)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 TARGET=${TARGET:-91}

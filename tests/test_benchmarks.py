@@ -54,6 +54,14 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     assert not [n for n in names if n.endswith(".pt")]
 
 
+def test_gpu_script_refuses_a_missing_data_folder_with_one_line_and_writes_nothing(tmp_path):
+    out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], cwd=ROOT,
+                         env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "is not a folder" in out.stderr and "CIFAR-10 JPEG copy" in out.stderr
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_gpu_script_skips_what_the_budget_cannot_hold_or_only_leaves_out(tmp_path):
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
          PYTHON=sys.executable, BUDGET_S="1", SCREEN="")
