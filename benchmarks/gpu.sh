@@ -150,15 +150,15 @@ if [ -n "$SCREEN" ] && wanted screen; then
       echo "${name}_s$s|$s|$flags" >> "$jobs_file"
     done
   done
-  export PY DEV DS LIMIT SCREEN_FLAGS OUT DEADLINE
+  export RUN DS LIMIT SCREEN_FLAGS OUT DEADLINE
   echo "== screen: $(wc -l < "$jobs_file") runs, $PAR at a time"
   t0=$(date +%s)
   tr '\n' '\0' < "$jobs_file" | xargs -0 -P "$PAR" -I{} bash -c '
     IFS="|" read -r name seed flags <<< "$1"
     l=$(( DEADLINE - $(date +%s) ))
     [ "$l" -gt 20 ] || { echo "$name skipped"; exit 0; }
-    OMP_NUM_THREADS=2 timeout "$l" $PY -m eva8_utils.main --recipe fast $DS $LIMIT $SCREEN_FLAGS --seed "$seed" $flags \
-      --device "$DEV" --overwrite --no-progress --no-analysis --out "$OUT/screen/$name" > "$OUT/screen/$name.log" 2>&1
+    OMP_NUM_THREADS=2 timeout "$l" $RUN --recipe fast $DS $LIMIT $SCREEN_FLAGS --seed "$seed" $flags --no-analysis \
+      --out "$OUT/screen/$name" > "$OUT/screen/$name.log" 2>&1
     echo "$name rc=$?"' _ {} | tee "$OUT/screen/done.txt"
   echo "screen $(grep -c 'rc=0' "$OUT/screen/done.txt") of $(wc -l < "$jobs_file") runs $(( $(date +%s) - t0 ))s" \
     >> "$OUT/steps.txt"
