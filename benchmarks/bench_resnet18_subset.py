@@ -58,8 +58,9 @@ def main() -> None:
     if args.smoke:
         data = ["--dataset", "shapes", "--shapes-train", "128", "--shapes-test", "32"]
         epochs, source = 1, "shapes (smoke check)"
+        smoke = ["--batch-size", "32"]  # after each setting's own flags: 128 images hold no batch of 512
     elif args.data_dir and Path(args.data_dir).is_dir():
-        data = ["--dataset", "folder", "--data-dir", args.data_dir]
+        data, smoke = ["--dataset", "folder", "--data-dir", args.data_dir], []
         epochs, source = args.epochs, f"CIFAR-10 (JPEG copy) from {args.data_dir}"
     else:
         sys.exit(f"error: --data-dir {args.data_dir!r} is not a folder; give the CIFAR-10 JPEG copy or use --smoke")
@@ -68,11 +69,13 @@ def main() -> None:
                "seed": args.seed, "runs": {}}
     for name in args.only:
         run_dir = out_dir / name
-        cmd = [sys.executable, "-m", "eva8_utils.main", *data, "--model", "resnet18", *SETTINGS[name],
+        cmd = [sys.executable, "-m", "eva8_utils.main", *data, "--model", "resnet18", *SETTINGS[name], *smoke,
                "--train-subset", str(args.subset), "--epochs", str(epochs), "--seed", str(args.seed),
                "--tta", "flip_translate", "--no-analysis", "--no-progress", "--out", str(run_dir), "--overwrite"]
         print("==", name, ":", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        if rc != 0:  # the run printed its own one-line error above; stop with its exit code, nothing summarised
+            sys.exit(rc)
         m = json.loads((run_dir / "metrics.json").read_text())
         results["runs"][name] = {k: m.get(k) for k in ("test_acc", "test_acc_tta", "best_test_acc", "epochs",
                                                         "epoch_time_s", "train_time_s", "device", "ema_test_acc",

@@ -246,3 +246,18 @@ def test_weight_gradient_benchmark_pairs_processes_with_and_without_the_matrix_p
     bad = subprocess.run([sys.executable, "benchmarks/bench_wgrad.py", "--size", "8"], cwd=ROOT, env=cli_env(),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--size at least 16" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_resnet18_comparison_summarises_its_runs_and_stops_on_a_bad_setting_with_the_runs_error(tmp_path):
+    _run([sys.executable, "benchmarks/bench_resnet18_subset.py", "--smoke", "--only", "recipe", "adam",
+          "--out-dir", str(tmp_path / "ok")], tmp_path)
+    r = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert list(r["runs"]) == ["recipe", "adam"] and r["epochs"] == 1
+    for name, run in r["runs"].items():
+        assert run["test_acc"] == read_metrics(tmp_path / "ok" / name)["test_acc"]
+    out = subprocess.run([sys.executable, "benchmarks/bench_resnet18_subset.py", "--smoke", "--subset", "-5",
+                          "--out-dir", str(tmp_path / "bad")], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "error: --train-subset must be >= 0 (0 = all), got -5"
+    assert not (tmp_path / "bad" / "summary.json").exists()
