@@ -8,7 +8,8 @@
 #      shortest one that reaches it gives the time;
 #   3. the notebook S7.ipynb through papermill, 2 epochs of the main job (if papermill is installed);
 #   4. with OLD_CODE, the fast recipe from an older checkout (the time ratio of the two on this GPU);
-#   5. one run of the fast_sgd recipe;
+#   5. the variants of the fast recipe in TIMED, each alone on the GPU, right after step 4 (their times
+#      against the older code's), then one run of the fast_sgd recipe;
 #   6. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader);
 #   7. screening: the fast recipe and the variants in SCREEN over seeds 1..SEEDS, PAR runs at a time
 #      on the one GPU (accuracies only: their times overlap), round-robin by seed until the budget ends.
@@ -25,8 +26,10 @@
 #   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
 #   SCREEN="fast|e11:--epochs 11 --low-res-epochs 7" SEEDS=10 PAR=5: the screening (step 7);
 #   SCREEN="" skips it.
+#   TIMED="e14:--epochs 14 --low-res-epochs 10|w125:--width 1.25": the variants timed alone (step 5, seed 1;
+#   TIMED="" skips them). Names (in TIMED and SCREEN): letters, digits and _.
 #   ONLY="fast_10 screen": run only these steps (names as in steps.txt: resnet18 fast_E notebook fast_old
-#   fast_sgd throughput screen).
+#   timed_NAME fast_sgd throughput screen).
 #   PACK=FILE.tar.gz: after every step, pack OUT_DIR (without checkpoints) into FILE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +41,15 @@ elif [ "${SMOKE:-0}" != "1" ]; then
   echo "error: DATA_DIR $DATA is not a folder; give the unpacked CIFAR-10 JPEG copy (the folder with train/ and test/)" >&2
   exit 2
 fi
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 TARGET=${TARGET:-91}
 BUDGET=${BUDGET_S:-0}
 DEADLINE=$(( $(date +%s) + (BUDGET > 0 ? BUDGET : 999999) ))
 SCREEN_DEFAULT="fast|e11:--epochs 11 --low-res-epochs 7"
+TIMED_DEFAULT="e14:--epochs 14 --low-res-epochs 10"
 SEEDS=${SEEDS:-10}
 PAR=${PAR:-5}
-: > "$OUT/steps.txt"
 
 if [ "${SMOKE:-0}" = "1" ]; then
   DEV=cpu; R18_EPOCHS=1; FAST_EPOCHS="2"; FAST_FLAGS="--low-res-epochs 1"; SGD_EPOCHS="--epochs 1"
@@ -58,7 +59,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   NB=(-p DATASET shapes -p MODEL fastnet -p EPOCHS 1 -p BATCH_SIZE 64 -p RUN_LR_FINDER False -p NUM_IMAGES 4
       -y "{EXTRA: {shapes_train: 256, shapes_test: 64, progress: false, width: 0.5}}")
   SCREEN_FLAGS="--epochs 2 --low-res-epochs 0 --tta none"; SEEDS=${SMOKE_SEEDS:-2}
-  SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; OLD_FLAGS=${OLD_FLAGS-"--epochs 2"}
+  SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; TIMED_DEFAULT="l1:--low-res-epochs 1"; OLD_FLAGS=${OLD_FLAGS-"--epochs 2"}
 else
   DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12}"; FAST_FLAGS="${FAST_FLAGS-}"; SGD_EPOCHS=""; LIMIT=""
   DS="--dataset folder --data-dir $DATA"
@@ -68,6 +69,20 @@ else
   SCREEN_FLAGS=""; OLD_FLAGS=${OLD_FLAGS-}
 fi
 SCREEN=${SCREEN-$SCREEN_DEFAULT}
+TIMED=${TIMED-$TIMED_DEFAULT}
+for c in ${SCREEN:+"$SCREEN"} ${TIMED:+"$TIMED"}; do
+  IFS='|' read -ra cs <<< "$c"
+  for v in "${cs[@]}"; do
+    if ! [[ "${v%%:*}" =~ ^[A-Za-z0-9_]+$ ]]; then
+      echo "error: variant name '${v%%:*}' in SCREEN or TIMED: use letters, digits and _ (NAME:FLAGS|NAME:FLAGS)" >&2
+      exit 2
+    fi
+  done
+done
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+: > "$OUT/steps.txt"
 
 left() { echo $(( DEADLINE - $(date +%s) )); }
 # wanted NAME: the step is in ONLY (space-separated step names; unset or empty = every step).
@@ -128,10 +143,18 @@ elif wanted notebook; then
   echo "notebook skipped (no papermill)" >> "$OUT/steps.txt"
 fi
 
-# 4. The fast recipe of an older checkout, and 5. fast_sgd.
+# 4. The fast recipe of an older checkout, 5. the timed variants and fast_sgd.
 if [ -n "${OLD_CODE:-}" ]; then
   step fast_old 30 bash -c 'cd "$1" && shift && exec "$@"' _ "$OLD_CODE" \
     $RUN --recipe fast $DS $LIMIT $OLD_FLAGS --no-analysis --out "$OUT/fast_old"
+fi
+if [ -n "$TIMED" ]; then
+  IFS='|' read -ra tconfigs <<< "$TIMED"
+  for c in "${tconfigs[@]}"; do
+    name=${c%%:*}; flags=""; [ "$c" != "$name" ] && flags=${c#*:}
+    step "timed_$name" 30 $RUN --recipe fast $DS $LIMIT $SCREEN_FLAGS --seed 1 $flags --no-analysis \
+      --out "$OUT/timed_$name" || true
+  done
 fi
 step fast_sgd 30 $RUN --recipe fast_sgd $DS $LIMIT $SGD_EPOCHS --out "$OUT/fast_sgd" --no-analysis
 

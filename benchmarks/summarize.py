@@ -3,6 +3,7 @@
     python benchmarks/summarize.py benchmarks/out/gpu [TARGET]
 
 TARGET: the test accuracy with TTA whose time is reported (default 91, gpu.sh's).
+Variants timed alone (``timed_NAME``) are given against the older code's time when ``fast_old`` ran.
 Reads whatever the folder holds: a step that failed or was skipped is left out (steps.txt says which).
 """
 
@@ -67,6 +68,15 @@ def main() -> None:
         if same:
             summary["fast_time_vs_old"] = round(same[0]["train_time_s"] / summary["fast_old"]["train_time_s"], 3)
             print(f"fast recipe time vs the older code's: {summary['fast_time_vs_old']}x")
+    timed = sorted(out.glob("timed_*/metrics.json"))
+    if timed:
+        summary["timed"] = {}
+    for p in timed:
+        name = p.parent.name[len("timed_"):]
+        entry = summary["timed"][name] = _fast_run(f"variant {name}", p)
+        if "fast_old" in summary:
+            entry["time_vs_old"] = round(entry["train_time_s"] / summary["fast_old"]["train_time_s"], 3)
+            print(f"variant {name} time vs the older code's: {entry['time_vs_old']}x")
     sgd = out / "fast_sgd" / "metrics.json"
     if sgd.exists():
         summary["fast_sgd"] = _fast_run("fast_sgd recipe", sgd)

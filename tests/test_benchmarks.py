@@ -29,7 +29,9 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
                PYTHON=sys.executable, OLD_CODE=str(ROOT),
                OLD_FLAGS="--epochs 2 --low-res-epochs 1", SMOKE_SEEDS="1", PACK=str(tmp_path / "gpu.tar.gz"))
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
-    assert [line.split(" rc=")[1].split()[0] for line in s["steps"][:-1]] == ["0"] * 6, s["steps"]
+    assert [line.split(" rc=")[0] for line in s["steps"][:-1]] == ["resnet18", "fast_2", "notebook", "fast_old",
+                                                                   "timed_l1", "fast_sgd", "throughput"], s["steps"]
+    assert [line.split(" rc=")[1].split()[0] for line in s["steps"][:-1]] == ["0"] * 7, s["steps"]
     assert s["steps"][-1].startswith("screen 2 of 2 runs")
     assert s["resnet18"]["epochs"] == 1 and 0 <= s["resnet18"]["test_acc"] <= 100
     assert [r["epochs"] for r in s["fast"]] == [2] and s["target"] == 91.0
@@ -37,6 +39,12 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     assert s["fast_time_to_target_s"] == (reached[0]["train_time_s"] if reached else None)
     assert s["fast_time_vs_old"] == pytest.approx(s["fast"][0]["train_time_s"] / s["fast_old"]["train_time_s"],
                                                   abs=0.001)
+    (timed,) = s["timed"].values()
+    assert list(s["timed"]) == ["l1"] and timed["epochs"] == 2
+    assert timed["test_acc"] == read_metrics(tmp_path / "gpu" / "timed_l1")["test_acc"]
+    assert timed["time_vs_old"] == pytest.approx(timed["train_time_s"] / s["fast_old"]["train_time_s"], abs=0.001)
+    cfg = (tmp_path / "gpu" / "timed_l1" / "config.yaml").read_text()
+    assert "low_res_epochs: 1\n" in cfg and "seed: 1\n" in cfg
     assert s["fast_sgd"]["epochs"] == 1 and 0 <= s["fast_sgd"]["test_acc"] <= 100
     assert s["notebook"]["epochs"] == 1 and (tmp_path / "gpu" / "S7_gpu.ipynb").exists()
     assert sorted(s["screen"]) == ["fast", "l1"]
@@ -60,14 +68,20 @@ def test_gpu_script_refuses_a_missing_data_folder_with_one_line_and_writes_nothi
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "is not a folder" in out.stderr and "CIFAR-10 JPEG copy" in out.stderr
     assert not (tmp_path / "gpu").exists()
+    for bad in ({"SCREEN": "fast|e 11:--epochs 11"}, {"TIMED": "e14/x:--epochs 14"}):
+        out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), str(tmp_path / "gpu")], cwd=ROOT,
+                             env=cli_env(**bad), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+        assert "variant name" in out.stderr and "letters, digits and _" in out.stderr
+        assert not (tmp_path / "gpu").exists()
 
 
 def test_gpu_script_skips_what_the_budget_cannot_hold_or_only_leaves_out(tmp_path):
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
          PYTHON=sys.executable, BUDGET_S="1", SCREEN="")
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
-    assert s["steps"] == ["resnet18 skipped", "fast_2 skipped", "notebook skipped", "fast_sgd skipped",
-                          "throughput skipped"]
+    assert s["steps"] == ["resnet18 skipped", "fast_2 skipped", "notebook skipped", "timed_l1 skipped",
+                          "fast_sgd skipped", "throughput skipped"]
     assert s["fast"] == [] and "resnet18" not in s and "screen" not in s
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "only")], tmp_path, SMOKE="1",
          PYTHON=sys.executable, ONLY="fast_sgd screen", SCREEN="fast", SMOKE_SEEDS="1")
