@@ -24,10 +24,11 @@
 #   to those runs (e.g. FAST_EPOCHS=14 FAST_FLAGS="--low-res-epochs 10" times that schedule alone).
 #   BUDGET_S=450: stop starting steps (and screening runs) when they would not finish in time.
 #   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
-#   SCREEN="fast|e11:--epochs 11 --low-res-epochs 7" SEEDS=10 PAR=5: the screening (step 7);
+#   SCREEN="fast|w125:--width 1.25" SEEDS=10 PAR=5: the screening (step 7; the default screens `fast` and
+#   the two wider nets);
 #   SCREEN="" skips it.
 #   TIMED="e14:--epochs 14 --low-res-epochs 10|w125:--width 1.25": the variants timed alone (step 5, seed 1;
-#   TIMED="" skips them). Names (in TIMED and SCREEN): letters, digits and _.
+#   the default times the two wider nets and E14; TIMED="" skips them). Names (in TIMED and SCREEN): letters, digits and _.
 #   ONLY="fast_10 screen": run only these steps (names as in steps.txt: resnet18 fast_E notebook fast_old
 #   timed_NAME fast_sgd throughput screen).
 #   PACK=FILE.tar.gz: after every step, pack OUT_DIR (without checkpoints) into FILE.
@@ -46,8 +47,8 @@ PY=${PYTHON:-python}   # the interpreter with torch and eva8_utils
 TARGET=${TARGET:-91}
 BUDGET=${BUDGET_S:-0}
 DEADLINE=$(( $(date +%s) + (BUDGET > 0 ? BUDGET : 999999) ))
-SCREEN_DEFAULT="fast|e11:--epochs 11 --low-res-epochs 7"
-TIMED_DEFAULT="e14:--epochs 14 --low-res-epochs 10"
+SCREEN_DEFAULT="fast|w125:--width 1.25|w15:--width 1.5"
+TIMED_DEFAULT="w125:--width 1.25|w15:--width 1.5|e14:--epochs 14 --low-res-epochs 10"
 SEEDS=${SEEDS:-10}
 PAR=${PAR:-5}
 
