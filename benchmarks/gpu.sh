@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement of benchmarks/RESULTS.md in one script (sized for under 8 minutes on an
-# H100/H200-class GPU; BUDGET_S makes it fit a shorter lease), in order of importance:
+# Every GPU measurement of benchmarks/RESULTS.md in one script (6 minutes on an H200 with the defaults of
+# benchmark 8's first call; today's defaults add three timed variants and wider nets to the screening, so
+# expect about 9; BUDGET_S makes it fit a shorter lease), in order of importance:
 #   1. the resnet18 recipe (the main job) for 20 epochs, with its analysis: seconds per epoch, test
 #      accuracy plain and with TTA, the CAM checks;
 #   2. the fast recipe's time to TARGET% test accuracy with TTA (default 91: the JPEG copy costs these
