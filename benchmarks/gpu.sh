@@ -72,6 +72,8 @@ else
 fi
 SCREEN=${SCREEN-$SCREEN_DEFAULT}
 TIMED=${TIMED-$TIMED_DEFAULT}
+# variant NAME[:FLAGS]: sets name and flags (SCREEN and TIMED entries).
+variant() { name=${1%%:*}; flags=""; [ "$1" != "$name" ] && flags=${1#*:}; return 0; }
 for c in ${SCREEN:+"$SCREEN"} ${TIMED:+"$TIMED"}; do
   IFS='|' read -ra cs <<< "$c"
   for v in "${cs[@]}"; do
@@ -153,7 +155,7 @@ fi
 if [ -n "$TIMED" ]; then
   IFS='|' read -ra tconfigs <<< "$TIMED"
   for c in "${tconfigs[@]}"; do
-    name=${c%%:*}; flags=""; [ "$c" != "$name" ] && flags=${c#*:}
+    variant "$c"
     step "timed_$name" 30 $RUN --recipe fast $DS $LIMIT $SCREEN_FLAGS --seed 1 $flags --no-analysis \
       --out "$OUT/timed_$name" || true
   done
@@ -171,7 +173,7 @@ if [ -n "$SCREEN" ] && wanted screen; then
   IFS='|' read -ra configs <<< "$SCREEN"
   for s in $(seq 1 "$SEEDS"); do
     for c in "${configs[@]}"; do
-      name=${c%%:*}; flags=""; [ "$c" != "$name" ] && flags=${c#*:}
+      variant "$c"
       echo "${name}_s$s|$s|$flags" >> "$jobs_file"
     done
   done
