@@ -77,8 +77,9 @@ variant() { name=${1%%:*}; flags=""; [ "$1" != "$name" ] && flags=${1#*:}; retur
 for c in ${SCREEN:+"$SCREEN"} ${TIMED:+"$TIMED"}; do
   IFS='|' read -ra cs <<< "$c"
   for v in "${cs[@]}"; do
-    if ! [[ "${v%%:*}" =~ ^[A-Za-z0-9_]+$ ]]; then
-      echo "error: variant name '${v%%:*}' in SCREEN or TIMED: use letters, digits and _ (NAME:FLAGS|NAME:FLAGS)" >&2
+    variant "$v"
+    if ! [[ "$name" =~ ^[A-Za-z0-9_]+$ ]]; then
+      echo "error: variant name '$name' in SCREEN or TIMED: use letters, digits and _ (NAME:FLAGS|NAME:FLAGS)" >&2
       exit 2
     fi
   done
