@@ -234,13 +234,6 @@ class TrainConfig:
                                 "with native bf16, fp16 + GradScaler on 7.x (T4, V100), else fp32",
                         choices=PRECISIONS, group="run")
     channels_last: bool = _f(True, "channels_last memory format (CUDA and CPU)", group="run")
-    cpu_keep_memory: bool = _f(True, "CPU runs on Linux (glibc): keep freed memory for the next step instead of "
-                                     "returning it to the OS, so steps do not page-fault (faster; the process's "
-                                     "memory stays at its peak)", group="run")
-    cpu_gemm_wgrad: bool = _f(True, "CPU runs in bf16: fastnet's 3x3 convolutions on maps of at most 8x8 compute "
-                                    "their weight gradient as three matrix products instead of with oneDNN's kernel "
-                                    "(faster; the sums run in another order, so a run's last digits differ)",
-                              group="run")
     compile: bool = _f(False, "torch.compile the model (CUDA)", group="run")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm under torchrun", group="run")
     log_every: int = _f(10, "steps between progress-bar updates (each update syncs with the device)", group="run")

@@ -18,6 +18,7 @@ called one by one (the notebook shows each one in its own cell) or at once::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -31,12 +32,13 @@ from . import __version__
 from . import distributed as D
 from .config import TrainConfig, field_meta, field_names, one_of
 from .data import DATASETS, DeviceLoader, Splits, load_dataset, make_loaders
-from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, DivergenceMonitor, HookList, Lookahead, Schedule,
-                     choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
+from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, Callback, DivergenceMonitor, EMAWeights,
+                     GradClip, L1Penalty, Lookahead, LookaheadStep, Resume, Schedule, Step, StopWhen, WatchDivergence,
+                     ScheduleSettings, choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
 from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
-from .models.cpu_conv import use_gemm_wgrad
-from .utils import device_description, get_device, keep_freed_memory, model_summary, seed_everything
+from .rundir import final_metrics
+from .utils import device_description, get_device, model_summary, seed_everything
 
 logger = logging.getLogger("eva8_utils")
 
@@ -93,12 +95,8 @@ def optimizer_from_config(model: nn.Module, cfg: TrainConfig, lr: float | None =
 
 def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
     """A :class:`~eva8_utils.engine.Schedule` with the config's settings."""
-    return Schedule(optimizer, cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                    pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-                    anneal=cfg.anneal, cycle_momentum=cfg.cycle_momentum, warmup_epochs=cfg.warmup_epochs,
-                    step_size=cfg.step_size, step_gamma=cfg.step_gamma, exp_gamma=cfg.exp_gamma,
-                    plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
-                    plateau_threshold=cfg.plateau_threshold, min_lr=cfg.min_lr)
+    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ScheduleSettings)}
+    return Schedule(optimizer, cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, **settings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,8 +118,6 @@ class Experiment:
         self.cfg = cfg
         self.device = D.init_from_env(get_device(cfg.device) if device is None else torch.device(device))
         self.precision = choose_precision(self.device, cfg.precision)
-        if self.device.type == "cpu" and cfg.cpu_keep_memory:
-            keep_freed_memory()
         if cfg.sync_bn and D.world_size() > 1 and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
                               "for multi-process CPU runs use --norm group or --norm layer")
@@ -187,8 +183,6 @@ class Experiment:
 
             get_layer(model, cfg.cam_layer)
         prepare_model(model, self.train_loader, self.device, channels_last=cfg.channels_last, seed=cfg.seed)
-        # The setting decides, also for a model passed in with the switch already set.
-        use_gemm_wgrad(model, self.device.type == "cpu" and cfg.cpu_gemm_wgrad)
         if cfg.sync_bn and D.world_size() > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -239,6 +233,26 @@ class Experiment:
             train_model = torch.compile(train_model)
         self.train_model = train_model
         return self.optimizer
+
+    # ------------------------------------------------------------------ the loop's parts
+    def step(self) -> Step:
+        """How a training step is taken: the loss, precision, GradScaler and schedule."""
+        cfg = self.cfg
+        self._need("optimizer", "build_optimizer")
+        return Step(criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                    amp_dtype=self.precision.dtype, scaler=self.scaler, schedule=self.schedule,
+                    log_every=cfg.log_every)
+
+    def callbacks(self, stop: Callable[[], bool] | None = None) -> list[Callback]:
+        """The optional work the config asks for, in the order it must run (the model's
+        own first, e.g. fastnet's frozen whitening bias; see :mod:`eva8_utils.engine.callbacks`)."""
+        cfg = self.cfg
+        own = self.spec.callbacks(self.model) if self.spec is not None and self.spec.callbacks else []
+        return [L1Penalty(cfg.l1) if cfg.l1 > 0 else None, *own,
+                GradClip(cfg.grad_clip, cfg.grad_clip_mode) if cfg.grad_clip > 0 else None,
+                LookaheadStep(self.lookahead) if self.lookahead is not None else None,
+                EMAWeights(self.ema) if self.ema is not None else None,
+                WatchDivergence(self.monitor), StopWhen(stop) if stop is not None else None]
 
     # ------------------------------------------------------------------ facts
     def _need(self, attr: str, stage: str):
@@ -325,9 +339,10 @@ def build(cfg: TrainConfig, *, device: torch.device | str | None = None, model: 
     return exp
 
 
-def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None, hooks=None) -> dict[str, Any]:
+def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None,
+          callbacks: list[Callback] | tuple = ()) -> dict[str, Any]:
     """Train an assembled experiment, saving into ``run`` (a :class:`~eva8_utils.rundir.RunDir`) if given;
-    ``hooks`` (:class:`~eva8_utils.engine.FitHooks`) are called too (after the run's).
+    ``callbacks`` (:class:`~eva8_utils.engine.Callback`) are called too (after the run's).
 
     A run being resumed is restored from its checkpoint first (at the exact batch when the
     checkpoint was taken inside an epoch). A finished run is not trained again: its saved
@@ -350,32 +365,15 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None, hoo
     elif D.is_main():
         for line in exp.header_lines():
             logger.info("%s", line)
-    history = exp.history_so_far()
-    result = fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, exp.schedule,
-                 epochs=cfg.epochs, device=exp.device, amp_dtype=exp.precision.dtype, scaler=exp.scaler,
-                 label_smoothing=cfg.label_smoothing, l1=cfg.l1, grad_clip=cfg.grad_clip,
-                 grad_clip_mode=cfg.grad_clip_mode, lookahead=exp.lookahead, ema=exp.ema, tta=cfg.tta, seed=cfg.seed,
-                 start_epoch=exp.start_epoch, partial=exp.partial, history=history,
-                 hooks=HookList(run.hooks(exp) if run is not None else None, hooks), stop=stop, progress=cfg.progress,
-                 log_every=cfg.log_every, num_classes=exp.splits.num_classes, monitor=exp.monitor)
+    saving = [run.callback(exp)] if run is not None else []
+    result = fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, epochs=cfg.epochs,
+                 device=exp.device, step=exp.step(), callbacks=[*exp.callbacks(stop), *saving, *callbacks],
+                 seed=cfg.seed, tta=cfg.tta, progress=cfg.progress,
+                 resume=Resume(exp.start_epoch, exp.history_so_far(), exp.partial))
     exp.start_epoch, exp.partial, exp.history = cfg.epochs, None, result["history"]
     if run is not None:
         run.write_metrics("running", **final_metrics(result, cfg.tta))
     return result
-
-
-def final_metrics(result: dict[str, Any], tta: str) -> dict[str, Any]:
-    """The metrics.json entries of fit's final evaluations (plain, TTA, EMA)."""
-    out: dict[str, Any] = {"test_acc": result["final"]["test_acc"], "test_loss": result["final"]["test_loss"]}
-    if result.get("tta") is not None:
-        out.update(test_acc_tta=result["tta"]["test_acc"], test_loss_tta=result["tta"]["test_loss"], tta=tta)
-    if result.get("ema_final") is not None:
-        out.update(ema_test_acc=result["ema_final"]["test_acc"], ema_test_loss=result["ema_final"]["test_loss"])
-    if result.get("ema_tta") is not None:
-        out.update(ema_test_acc_tta=result["ema_tta"]["test_acc"])
-    if result.get("warnings"):
-        out["warnings"] = list(result["warnings"])
-    return out
 
 
 def _load_finished(exp: Experiment, run) -> dict[str, Any]:
@@ -492,4 +490,4 @@ def _fmt3(v) -> str:
 
 
 __all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "check_names", "choices",
-           "optimizer_from_config", "schedule_from_config", "final_metrics", "REGISTRIES"]
+           "optimizer_from_config", "schedule_from_config", "REGISTRIES"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .engine import _autocast, set_lr
+from .engine import autocast, set_lr
 
 
 @dataclass
@@ -104,7 +104,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
                 x, y = next(it)
             lr = start_lr * gamma ** i
             set_lr(optimizer, lr)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.float().backward()

@@ -38,7 +38,7 @@ import yaml
 from . import distributed as D
 from .checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig, experiment_settings, flag
-from .engine import FitHooks, HISTORY_COLUMNS, new_history
+from .engine import HISTORY_COLUMNS, Callback, TrainState, new_history
 from .errors import CheckpointError, ConfigError
 from .utils import atomic_write_text, setup_logging
 
@@ -300,9 +300,9 @@ class RunDir:
                 best["ema"] = exp.ema.state_dict()
             save_checkpoint(self.checkpoints / "best.pt", best)
 
-    def hooks(self, exp) -> "RunHooks":
-        """The :class:`~eva8_utils.engine.FitHooks` that save this run as it trains."""
-        return RunHooks(self, exp)
+    def callback(self, exp) -> "SaveRun":
+        """The :class:`~eva8_utils.engine.Callback` that saves this run as it trains."""
+        return SaveRun(self, exp)
 
     def finish(self, **values: Any) -> dict[str, Any]:
         """After the analysis: metrics.json says ``done``."""
@@ -373,7 +373,7 @@ class RunDir:
         self._writer.add_hparams(hparams, final, run_name=".")
 
 
-class RunHooks(FitHooks):
+class SaveRun(Callback):
     """Saves a run while it trains: a checkpoint, history.csv, steps.csv and metrics.json
     after every epoch; a checkpoint inside an epoch every ``checkpoint_minutes``; the
     TensorBoard scalars; warnings into metrics.json."""
@@ -384,24 +384,26 @@ class RunHooks(FitHooks):
         self.last_save = time.monotonic()
         self.best = max(exp.history["test_acc"], default=-1.0) if exp.history else -1.0
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self.last_save = time.monotonic() if epoch == self.exp.start_epoch + 1 else self.last_save
+    def before_epoch(self, state: TrainState) -> None:
+        self.last_save = time.monotonic() if state.epoch == self.exp.start_epoch + 1 else self.last_save
 
-    def on_step(self, epoch: int, batch: int, partial) -> None:
+    def after_step(self, state: TrainState) -> None:
         tb = self.run.tensorboard
         if tb is not None:
-            step = self.exp.schedule.steps if self.exp.schedule is not None else batch
+            step = self.exp.schedule.steps if self.exp.schedule is not None else state.batch
             tb.add_scalar("train/lr", self.exp.optimizer.param_groups[0]["lr"], step)
-        if self.interval and time.monotonic() - self.last_save >= self.interval and batch < self.exp.steps_per_epoch:
-            self.run.save_state(self.exp, epoch - 1, partial=partial())
+        if (self.interval and time.monotonic() - self.last_save >= self.interval
+                and state.batch < self.exp.steps_per_epoch):
+            self.run.save_state(self.exp, state.epoch - 1, partial=state.snapshot())
             self.last_save = time.monotonic()
-            logger.debug("checkpoint inside epoch %d at batch %d", epoch, batch)
+            logger.debug("checkpoint inside epoch %d at batch %d", state.epoch, state.batch)
 
-    def on_epoch_end(self, epoch: int, row: dict[str, Any], history: dict[str, list]) -> None:
+    def after_epoch(self, state: TrainState) -> None:
+        row, history = state.row, state.history
         self.exp.history = history
         is_best = row["test_acc"] > self.best
         self.best = max(self.best, row["test_acc"])
-        self.run.save_state(self.exp, epoch, is_best=is_best)
+        self.run.save_state(self.exp, state.epoch, is_best=is_best)
         self.last_save = time.monotonic()
         self.run.write_history(history)
         self.run.write_metrics("running")
@@ -410,12 +412,26 @@ class RunHooks(FitHooks):
             for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_loss", "ema_test_acc"):
                 if key in row:
                     part, _, what = key.rpartition("_")
-                    tb.add_scalar(f"{part}/{what}", row[key], epoch)
+                    tb.add_scalar(f"{part}/{what}", row[key], state.epoch)
             tb.flush()
 
-    def on_warning(self, text: str) -> None:
+    def on_warning(self, state: TrainState, text: str) -> None:
         self.run.metrics.setdefault("warnings", []).append(text)
         self.run.write_metrics("running")
+
+
+def final_metrics(result: dict[str, Any], tta: str) -> dict[str, Any]:
+    """The metrics.json entries of fit's final evaluations (plain, TTA, EMA)."""
+    out: dict[str, Any] = {"test_acc": result["final"]["test_acc"], "test_loss": result["final"]["test_loss"]}
+    if result.get("tta") is not None:
+        out.update(test_acc_tta=result["tta"]["test_acc"], test_loss_tta=result["tta"]["test_loss"], tta=tta)
+    if result.get("ema_final") is not None:
+        out.update(ema_test_acc=result["ema_final"]["test_acc"], ema_test_loss=result["ema_final"]["test_loss"])
+    if result.get("ema_tta") is not None:
+        out.update(ema_test_acc_tta=result["ema_tta"]["test_acc"])
+    if result.get("warnings"):
+        out["warnings"] = list(result["warnings"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -563,5 +579,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["RunDir", "RunHooks", "save_figure", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
+__all__ = ["RunDir", "SaveRun", "final_metrics", "save_figure", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
            "config_differences", "default_run_dir", "new_history"]

@@ -48,41 +48,6 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc malloc.h)
-_kept = False
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
-
-    A CPU training step allocates and frees activations of tens of megabytes. By default
-    glibc serves each of those with a fresh ``mmap`` and unmaps it when freed, so every
-    step faults in (and zeroes) hundreds of megabytes of new pages. With mmap off and
-    no trimming, freed blocks stay in the heap and the next step reuses them: no page
-    faults after the first steps, at the cost of the process's memory staying at its peak.
-    Results are unchanged (only where tensors live in memory moves).
-
-    Applies to the whole process and cannot be undone; a no-op (returning False) where
-    the C library is not glibc (macOS, Windows, musl).
-
-    Returns:
-        True when the setting is in force.
-    """
-    global _kept
-    if _kept:
-        return True
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
-    return _kept
-
-
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), e.g. 'AMD EPYC 7B13'; '' when unknown."""
     try:

@@ -202,7 +202,7 @@ class _NaNAfter(nn.Module):
 
 def test_non_finite_loss_never_overwrites_the_last_good_checkpoint(tmp_path):
     from eva8_utils import RunDir, build, build_config
-    from eva8_utils.engine import fit
+    from eva8_utils.engine import Callback, Resume, fit
 
     cfg = build_config(flags=dict(dataset="shapes", shapes_train=96, shapes_test=32, epochs=3, batch_size=32,
                                   progress=False, tta="none", scheduler="none", lr=0.01, channels_last=False,
@@ -211,18 +211,14 @@ def test_non_finite_loss_never_overwrites_the_last_good_checkpoint(tmp_path):
     exp = build(cfg, model=model)
     run = RunDir(tmp_path / "run")
     run.start(exp)
-    hooks = run.hooks(exp)
-    save_epoch = hooks.on_epoch_end
+    class Arm(Callback):
+        def after_epoch(self, state):
+            if state.epoch == 1:
+                model.armed = True
 
-    def arm(epoch, row, history):
-        save_epoch(epoch, row, history)
-        if epoch == 1:
-            model.armed = True
-
-    hooks.on_epoch_end = arm
     with pytest.raises(NonFiniteLossError) as e:
-        fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, None, epochs=3, device=exp.device,
-            amp_dtype=None, progress=False, hooks=hooks, history=exp.history_so_far())
+        fit(exp.train_model, exp.train_loader, exp.test_loader, exp.optimizer, epochs=3, device=exp.device,
+            progress=False, callbacks=[run.callback(exp), Arm()], resume=Resume(0, exp.history_so_far()))
     assert (e.value.epoch, e.value.batch) == (2, 1)
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
@@ -359,7 +355,7 @@ def test_memory_stays_flat_over_many_epochs(tmp_path):
 import json, sys, torch, torch.nn as nn
 sys.path.insert(0, sys.argv[2])
 from eva8_utils import RunDir, build, build_config, train
-from eva8_utils.engine import FitHooks
+from eva8_utils.engine import Callback
 from eva8_utils.utils import current_rss_mb
 cfg = build_config(flags=dict(dataset="shapes", shapes_train=64, shapes_test=16, epochs=150, batch_size=32,
                               progress=False, tta="none", scheduler="none", lr=0.01, precision="fp32",
@@ -368,15 +364,11 @@ model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPo
 exp = build(cfg, model=model)
 run = RunDir(sys.argv[1])
 rss = {}
-hooks = run.hooks(exp)
-save = hooks.on_epoch_end
-def track(epoch, row, history):
-    save(epoch, row, history)
-    if epoch in (10, 150):
-        rss[epoch] = current_rss_mb()
-hooks.on_epoch_end = track
-run.hooks = lambda exp: hooks
-train(exp, run)
+class Track(Callback):
+    def after_epoch(self, state):
+        if state.epoch in (10, 150):
+            rss[state.epoch] = current_rss_mb()
+train(exp, run, callbacks=[Track()])
 print(json.dumps(rss))
 """
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(Path(__file__).parents[1])],

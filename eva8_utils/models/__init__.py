@@ -26,19 +26,21 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .custom_resnet import CustomResNet, custom_resnet
-from .fastnet import FastNet, fastnet
+from .fastnet import FastNet, fastnet, fastnet_callbacks
 from .resnet import ResNet, resnet18, resnet34
 from .vit import ViT, vit_tiny
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its constructor and CAM defaults."""
+    """A registered model: its constructor, CAM defaults and the training callbacks it needs
+    (e.g. fastnet's frozen whitening bias), built for each model: ``callbacks(model) -> list``."""
 
     name: str
     build: Callable[..., nn.Module]
     cam_layer: str | None = None                      # None: the model's ``cam_layer`` or a search
     reshape_transform: Callable | None = None         # token models: (N, T, C) -> (N, C, h, w)
+    callbacks: Callable[[nn.Module], list] | None = None
 
     def accepts(self, option: str) -> bool:
         return option in inspect.signature(self.build).parameters
@@ -48,10 +50,11 @@ MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, build: Callable[..., nn.Module] | None = None, *, cam_layer: str | None = None,
-                   reshape_transform: Callable | None = None):
-    """Register a constructor under ``name`` (usable as a decorator)."""
+                   reshape_transform: Callable | None = None, callbacks: Callable[[nn.Module], list] | None = None):
+    """Register a constructor under ``name`` (usable as a decorator); ``callbacks(model)``
+    returns the :class:`~eva8_utils.engine.Callback` objects its training needs."""
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelSpec(name, fn, cam_layer, reshape_transform)
+        MODELS[name] = ModelSpec(name, fn, cam_layer, reshape_transform, callbacks)
         return fn
 
     return add(build) if build is not None else add
@@ -60,7 +63,7 @@ def register_model(name: str, build: Callable[..., nn.Module] | None = None, *, 
 register_model("resnet18", resnet18)
 register_model("resnet34", resnet34)
 register_model("custom_resnet", custom_resnet)
-register_model("fastnet", fastnet)
+register_model("fastnet", fastnet, callbacks=fastnet_callbacks)
 register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 
 # Settings a config can pass to a constructor, with the value that means "not asked for".
@@ -115,7 +118,8 @@ def get_spec(name: str) -> ModelSpec:
         if not callable(obj):
             raise ConfigError(f"--model {name}: {attr} is not callable; give a function or class that takes "
                               f"num_classes and returns an nn.Module")
-        return ModelSpec(name, obj, getattr(obj, "cam_layer", None), getattr(obj, "cam_reshape", None))
+        return ModelSpec(name, obj, getattr(obj, "cam_layer", None), getattr(obj, "cam_reshape", None),
+                         getattr(obj, "callbacks", None))
     raise ConfigError(f"--model {name!r} is not valid; choose one of: {', '.join(sorted(MODELS))} (or give "
                       f"package.module:callable, or --import the module that registers it)")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cpu_conv import conv3x3_gemm_wgrad
 from .norm import make_norm
 
 
@@ -32,24 +31,10 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class DiracConv(nn.Conv2d):
-    """3x3 'same' convolution without bias, the first ``in_channels`` filters start as identity.
-
-    ``gemm_wgrad`` (off unless switched on, e.g. by :func:`~eva8_utils.models.cpu_conv.use_gemm_wgrad`):
-    in bf16 on the CPU, on maps of at most 8x8, compute the weight gradient as matrix products
-    (:mod:`eva8_utils.models.cpu_conv`) instead of with oneDNN's kernel.
-    """
-
-    gemm_wgrad = False
+    """3x3 'same' convolution without bias, the first ``in_channels`` filters start as identity."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, padding=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gemm_wgrad:
-            y = conv3x3_gemm_wgrad(x, self.weight)
-            if y is not None:
-                return y
-        return super().forward(x)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -149,3 +134,10 @@ class FastNet(nn.Module):
 def fastnet(num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
             width: float = 1.0, whiten_bias_epochs: int = 0, whiten_bias_lr: str = "schedule") -> FastNet:
     return FastNet(num_classes, norm, groups, dropout, width, whiten_bias_epochs, whiten_bias_lr)
+
+
+def fastnet_callbacks(model: FastNet) -> list:
+    """What fastnet's training needs from the loop: its whitening bias frozen after its epochs."""
+    from ..engine.callbacks import FreezeParameters
+
+    return [FreezeParameters(model.frozen_parameters)] if model.whiten_bias_epochs else []
