@@ -49,11 +49,12 @@ class AugmentConfig:
     mixup: float = 0.0             # MixUp Beta(alpha, alpha) parameter (0 = off)
     cutmix: float = 0.0            # CutMix Beta(alpha, alpha) parameter (0 = off)
     mix_p: float = 1.0             # probability that a batch is mixed
+    mix_classes: int = 0           # width of mixed batches' soft targets (0 = the largest label + 1)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "AugmentConfig":
-        """Take the matching fields from a :class:`~eva8_utils.config.TrainConfig`."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+    def from_config(cls, cfg: Any, **values: Any) -> "AugmentConfig":
+        """Take the matching fields from a :class:`~eva8_utils.config.TrainConfig` (and ``values``)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}, **values)
 
     @property
     def colour(self) -> bool:

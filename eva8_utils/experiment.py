@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import platform
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch

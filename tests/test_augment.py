@@ -212,11 +212,10 @@ def test_the_loader_yields_soft_targets_when_mixing():
     from eva8_utils.data import DeviceLoader, make_shapes
 
     s = make_shapes(64, 8, seed=0)
-    aug = A.AugmentConfig(cutmix=1.0)
+    aug = A.AugmentConfig(cutmix=1.0, mix_classes=10)
 
     def batches():
-        ld = DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug, seed=2,
-                          num_classes=10)
+        ld = DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug, seed=2)
         ld.set_epoch(1)
         return list(ld)
 

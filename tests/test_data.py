@@ -71,7 +71,7 @@ def _loader(n=103, bs=10, train=True, aug=None, rank=0, world=1, seed=0):
     x[:, 0, 0, 0] = np.arange(n) % 256
     x[:, 0, 0, 1] = np.arange(n) // 256
     return D.DeviceLoader(x, np.arange(n) % 7, batch_size=bs, mean=(0, 0, 0), std=(1, 1, 1), train=train,
-                          aug=aug, seed=seed, rank=rank, world_size=world)
+                          aug=aug, seed=seed, shard=(rank, world))
 
 
 def _ids(batch_x):
@@ -303,9 +303,8 @@ def test_offline_cifar10_is_one_clear_line(tmp_path, monkeypatch):
 
 def test_progressive_resizing_shrinks_only_the_early_epochs():
     s = D.make_shapes(64, 8, seed=0)
-    aug = AugmentConfig(low_res_size=20, low_res_epochs=2, cutmix=1.0)
-    ld = D.DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug,
-                        num_classes=10)
+    aug = AugmentConfig(low_res_size=20, low_res_epochs=2, cutmix=1.0, mix_classes=10)
+    ld = D.DeviceLoader(s.x_train, s.y_train, batch_size=16, mean=s.mean, std=s.std, train=True, aug=aug)
     sizes = {}
     for epoch in (1, 2, 3):
         ld.set_epoch(epoch)
@@ -322,7 +321,7 @@ def test_progressive_resizing_by_crop_takes_seeded_windows_that_cover_each_axis(
     y = torch.arange(400) % 10
     aug = AugmentConfig(crop_padding=0, flip="none", cutout=0, low_res_size=16, low_res_epochs=2, low_res_mode="crop")
     ld = D.DeviceLoader(x_u8, y, batch_size=400, mean=(0.5,) * 3, std=(0.25,) * 3, train=True, aug=aug,
-                        num_classes=10, seed=3)
+                        seed=3)
     ld.set_epoch(1)
     perm, params = ld.epoch_order()
     (xb, yb), = list(ld)

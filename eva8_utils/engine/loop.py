@@ -19,7 +19,6 @@ with it (``partial``).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -28,13 +27,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed as D
-from ..data import epoch_seed
+from ..loader import epoch_seed
 from ..errors import NonFiniteLossError, TrainingInterrupted
 from .callbacks import EtaLogger, ProgressBar
 from .evaluate import evaluate, test_line
 from .precision import autocast
 from .schedule import Schedule
-from .state import Callback, CallbackList, TrainState, set_rng_state, unwrap
+from .state import Callback, CallbackList, TrainState, set_rng_state
 
 logger = logging.getLogger("eva8_utils")
 
