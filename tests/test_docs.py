@@ -1,5 +1,5 @@
-"""The README stays true: the flag table is the config's, the two Quickstart commands, images
-present, and the Python API chain runs, reproducibly."""
+"""The README and docs/ stay true: the flag table in docs/cli.md is the config's, the README's
+two Quickstart commands, its images and links present, and its Python API chain runs, reproducibly."""
 
 import re
 import subprocess
@@ -11,13 +11,57 @@ from conftest import ROOT, cli_env
 from eva8_utils.main import flag_table
 
 README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+CLI_DOC = ROOT / "docs" / "cli.md"
+
+
+def _table_in(text):
+    start, end = "<!-- flags:start -->\n", "<!-- flags:end -->"
+    assert start in text and end in text, "the flag table's markers are missing"
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def test_the_flag_table_is_generated_from_the_config():
-    start, end = "<!-- flags:start -->\n", "<!-- flags:end -->"
-    assert start in README and end in README
-    table = README.split(start, 1)[1].split(end, 1)[0].strip()
-    assert table == flag_table().strip(), "regenerate: python -c 'from eva8_utils.main import flag_table; print(flag_table())'"
+    table, want = _table_in(CLI_DOC.read_text()), flag_table().strip()
+    stale = sorted(set(table.splitlines()) ^ set(want.splitlines()))
+    assert table == want, "docs/cli.md's flag table is stale; run python tools/update_cli_docs.py. " \
+        "Lines that differ:\n" + "\n".join(stale)
+
+
+def test_the_generator_writes_the_table_the_test_expects(tmp_path):
+    import runpy
+
+    render = runpy.run_path(str(ROOT / "tools" / "update_cli_docs.py"), run_name="not_main")["render"]
+    stale = "intro\n<!-- flags:start -->\n| old | table |\n<!-- flags:end -->\noutro\n"
+    fresh = render(stale)
+    assert fresh.startswith("intro\n") and fresh.endswith("\noutro\n")
+    assert _table_in(fresh) == flag_table().strip()
+
+
+def test_the_readme_is_short_and_links_the_reference():
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first_picture = next(i for i, ln in enumerate(lines) if ln.startswith("!["))
+    assert first_picture < 80 and "image/README/resnet18_h200/" in lines[first_picture]
+    assert "docs/cli.md" in README and "benchmarks/RESULTS.md" in README
+
+
+def test_links_in_the_readme_and_docs_point_at_files():
+    for doc in [ROOT / "README.md"] + DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://", "#")):
+                continue
+            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            assert path.exists(), f"{doc.relative_to(ROOT)} links to a missing {target}"
+
+
+def test_the_docs_speak_of_the_project_only():
+    """No development history in the user's documentation (a Colab session is the user's)."""
+    words = re.compile(r"(?<!Colab )session|earlier version|old recipe|version 0\.|renamed|OLD_CODE|issue's day",
+                       re.IGNORECASE)
+    for doc in [ROOT / "README.md"] + DOCS:
+        found = words.findall(doc.read_text())
+        assert not found, f"{doc.relative_to(ROOT)}: {found}"
 
 
 def test_quickstart_has_the_two_commands():
