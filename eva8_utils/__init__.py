@@ -24,8 +24,8 @@ from .analysis import Analysis  # noqa: E402
 from .checkpoint import load_model  # noqa: E402
 from .config import RECIPES, TrainConfig, build_config  # noqa: E402
 from .data import DeviceLoader, Splits, load_dataset, load_folder, make_loaders, make_shapes  # noqa: E402
-from .engine import (Callback, Schedule, Step, choose_precision, evaluate, fit, make_optimizer,  # noqa: E402
-                     predict, train_one_epoch)
+from .engine import (Callback, Schedule, Step, add_epoch, choose_precision, evaluate, fit,  # noqa: E402
+                     make_optimizer, new_history, predict, test_line, train_one_epoch)
 from .errors import CheckpointError, ConfigError, DataError, UserError  # noqa: E402
 from .experiment import Experiment, build, run_experiment, train  # noqa: E402
 from .models import MODELS, create_model, prepare_model, register_model  # noqa: E402
@@ -45,6 +45,6 @@ __all__ = [
     "__version__", "TrainConfig", "build_config", "RECIPES", "Experiment", "build", "train", "run_experiment",
     "RunDir", "Analysis", "Splits", "DeviceLoader", "load_dataset", "load_folder", "make_shapes", "make_loaders",
     "MODELS", "create_model", "prepare_model", "register_model", "make_optimizer", "Schedule", "choose_precision",
-    "train_one_epoch", "evaluate", "predict", "fit", "Step", "Callback", "compute_cams", "load_model", "predict_images",
+    "train_one_epoch", "evaluate", "predict", "fit", "Step", "Callback", "new_history", "add_epoch", "test_line", "compute_cams", "load_model", "predict_images",
     "get_device", "seed_everything", "setup_logging", "UserError", "ConfigError", "DataError", "CheckpointError",
 ]

@@ -157,6 +157,13 @@ class TrainConfig:
                             "Beta(alpha, alpha) (0 = off; with --mixup too, each batch picks one at random)",
                        group="augmentation")
     mix_p: float = _f(1.0, "probability that a batch is mixed (with --mixup or --cutmix)", group="augmentation")
+    train_transform: str = _f("", "your own per-image pipeline for the training split, package.module:callable "
+                                  "(an albumentations Compose, a torchvision v2 Compose, or a function of a PIL "
+                                  "image) returning a (3, H, W) tensor; it runs in DataLoader workers instead of "
+                                  "the flags above ('' = the package's GPU-batched augmentation)",
+                              group="augmentation")
+    test_transform: str = _f("", "your own per-image pipeline for the test split (as --train-transform; '' = the "
+                                 "images as they are, normalised)", group="augmentation")
 
     # --- model --------------------------------------------------------------------------
     model: str = _f("resnet18", "a registered model name, or package.module:callable (the callable takes "
@@ -282,6 +289,7 @@ class TrainConfig:
             if "choices" in f.metadata:
                 one_of(name, getattr(self, name), f.metadata["choices"])
         _check_ranges(self)
+        _check_pipelines(self)
         return self
 
 
@@ -340,6 +348,13 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ConfigError(f"{flag(name)} must be finite, got {value!r}")
     if isinstance(cfg.lr, int):
         cfg.lr = float(cfg.lr)
+
+
+def _check_pipelines(cfg: TrainConfig) -> None:
+    """A per-image pipeline replaces the package's batch augmentation; mixing needs that path."""
+    if cfg.train_transform and (cfg.mixup > 0 or cfg.cutmix > 0):
+        raise ConfigError("--mixup/--cutmix mix whole batches on the package's own augmentation path; with "
+                          "--train-transform leave them out (or drop --train-transform)")
 
 
 def _check_ranges(cfg: TrainConfig) -> None:

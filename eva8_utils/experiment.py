@@ -159,7 +159,15 @@ class Experiment:
         if cfg.crop_padding >= size:
             raise ConfigError(f"--crop-padding {cfg.crop_padding} must be smaller than the image size {size}")
         self.splits = splits
-        self.train_loader, self.test_loader = make_loaders(splits, cfg, self.device, D.rank(), D.world_size())
+        if cfg.train_transform or cfg.test_transform:
+            if D.world_size() > 1:
+                raise ConfigError("--train-transform/--test-transform run in one process; under torchrun use the "
+                                  "package's own augmentation flags")
+            from .pipelines import make_pipeline_loaders
+
+            self.train_loader, self.test_loader = make_pipeline_loaders(splits, cfg, self.device)
+        else:
+            self.train_loader, self.test_loader = make_loaders(splits, cfg, self.device, D.rank(), D.world_size())
         return splits
 
     def build_model(self, model: nn.Module | None = None) -> nn.Module:

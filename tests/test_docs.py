@@ -124,3 +124,25 @@ def test_the_notebook_is_written_by_its_generator_and_keeps_its_default_paramete
         "edit tools/make_notebook.py, then regenerate S7.ipynb as its intro says"
     assert not [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert "papermill" not in nb["metadata"]  # python tools/make_notebook.py --clean after papermill
+
+
+def _own_loop_code() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Your own loop"):]
+    return section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+
+
+def test_the_own_loop_example_runs_as_written(tmp_path):
+    """The README's plain loop: at most 15 lines of code, no TrainConfig, and what it promises comes out
+    (the test line per epoch, a history with both epochs, the two figures)."""
+    code = _own_loop_code()
+    lines = [ln for ln in code.strip().splitlines() if ln.strip() and not ln.startswith(("import", "from"))]
+    assert len(lines) <= 15 and "TrainConfig" not in code and "build_config" not in code
+    check = code + ("\nprint('epochs', history['epoch'], len(history['steps']))"
+                    "\nprint('figures', type(mistakes).__name__, type(cams).__name__)\n")
+    p = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=cli_env(MPLBACKEND="Agg"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "epochs [1, 2] 8" in p.stdout and "figures Figure Figure" in p.stdout
+    assert len(re.findall(r"Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/256 \(", p.stderr + p.stdout)) == 2
+    assert (tmp_path / "curves.png").stat().st_size > 10_000

@@ -41,7 +41,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch.dtype | None = None,
+def evaluate(model: nn.Module, loader, *, device: torch.device | str, amp_dtype: torch.dtype | None = None,
              tta: str = "none") -> dict[str, Any]:
     """Test loss (true per-sample mean of plain cross-entropy) and accuracy.
 
@@ -51,6 +51,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch
     Returns:
         dict with ``test_loss``, ``test_acc`` (%), ``correct`` and ``total``.
     """
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     acc = acc_dtype(device)
@@ -59,6 +60,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch
     total = torch.zeros((), device=device, dtype=acc)
     try:
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when already there
             with autocast(device, amp_dtype):
                 out = tta_logits(model, x, tta)
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(acc)
@@ -73,7 +75,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch.dtype | None = None
+def predict(model: nn.Module, loader, *, device: torch.device | str, amp_dtype: torch.dtype | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and labels (N,) on the CPU for every sample of a (test) loader, in order."""
     was_training = model.training
@@ -82,7 +84,7 @@ def predict(model: nn.Module, loader, *, device: torch.device, amp_dtype: torch.
     try:
         for x, y in loader:
             with autocast(device, amp_dtype):
-                logits.append(model(x).float().cpu())
+                logits.append(model(x.to(device, non_blocking=True)).float().cpu())
             labels.append(y.cpu())
     finally:
         model.train(was_training)

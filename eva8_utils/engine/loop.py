@@ -131,7 +131,7 @@ def run_epoch(state: TrainState, loader) -> dict[str, Any]:
             if s.stop:
                 s.interrupted, s.batch = True, s.batch - 1
                 break
-            train_step(s, x, y)
+            train_step(s, x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True))
             s.log_now = s.batch % s.step.log_every == 0 or s.batch == s.n_batches
             if s.log_now:
                 _check_finite(s)
@@ -263,7 +263,7 @@ def fit(model: nn.Module, train_loader, test_loader, optimizer: torch.optim.Opti
             raise TrainingInterrupted(epoch, tr["last_batch"], epoch - 1)
         last = _validate(state, test_loader, tr, dt)
         cbs.after_validate(state)
-        _append(state.history, epoch, state.row)
+        add_epoch(state.history, epoch, state.row)
         epoch_times.append(dt)
         state.history["_epoch_times"] = list(epoch_times)
         cbs.after_epoch(state)
@@ -319,7 +319,9 @@ def _final(state: TrainState, test_loader, last: dict[str, dict], tta: str) -> d
     return out
 
 
-def _append(history: dict[str, list], epoch: int, row: dict) -> None:
+def add_epoch(history: dict[str, list], epoch: int, row: dict) -> None:
+    """Append an epoch to a history (:func:`new_history`): ``row`` holds the training result
+    (:func:`train_one_epoch`) and the test result (:func:`~eva8_utils.engine.evaluate`)."""
     history["epoch"].append(epoch)
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
         history[key].append(row[key])

@@ -82,4 +82,4 @@ def make_scaler(device: torch.device, precision: Precision) -> torch.amp.GradSca
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast to ``dtype`` on ``device``'s type; off for None (fp32)."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
