@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Every GPU measurement of benchmarks/RESULTS.md in one script (6 minutes on an H200 with the defaults of
-# benchmark 8's first call; today's defaults add three timed variants and wider nets to the screening, so
-# expect about 9; BUDGET_S makes it fit a shorter lease), in order of importance:
+# Every GPU measurement of benchmarks/RESULTS.md in one script (benchmark 8's first call, BUDGET_S=430, took
+# about 6 minutes on an H200; the default TIMED and SCREEN add more; BUDGET_S makes it fit a shorter lease),
+# in order of importance:
 #   1. the resnet18 recipe (the main job) for 20 epochs, with its analysis: seconds per epoch, test
 #      accuracy plain and with TTA, the CAM checks;
 #   2. the fast recipe's time to TARGET% test accuracy with TTA (default 91: the JPEG copy costs these
 #      recipes about 3 points against the original CIFAR-10's 94%): runs of growing length, the
 #      shortest one that reaches it gives the time;
 #   3. the notebook S7.ipynb through papermill, 2 epochs of the main job (if papermill is installed);
-#   4. with OLD_CODE, the fast recipe from an older checkout (the time ratio of the two on this GPU);
+#   4. with REF_CODE, the reference run: the fast recipe from another checkout of this package (the time
+#      ratio of the two on this GPU);
 #   5. the variants of the fast recipe in TIMED, each alone on the GPU, right after step 4 (their times
-#      against the older code's), then one run of the fast_sgd recipe;
+#      against the reference run's), then one run of the fast_sgd recipe;
 #   6. benchmark 1 (input pipeline and training-step throughput, ours vs the classic DataLoader);
 #   7. screening: the fast recipe and the variants in SCREEN over seeds 1..SEEDS, PAR runs at a time
 #      on the one GPU (accuracies only: their times overlap), round-robin by seed until the budget ends.
@@ -24,13 +25,14 @@
 #   TARGET=94 FAST_EPOCHS="10 12" set the accuracy to reach and the run lengths to try; FAST_FLAGS adds flags
 #   to those runs (e.g. FAST_EPOCHS=14 FAST_FLAGS="--low-res-epochs 10" times that schedule alone).
 #   BUDGET_S=450: stop starting steps (and screening runs) when they would not finish in time.
-#   OLD_CODE=DIR: a folder holding an older eva8_utils package to time against (step 4); OLD_FLAGS: its extra flags.
+#   REF_CODE=DIR: a folder holding another checkout of this package to time against (step 4, the reference run);
+#   REF_FLAGS: its extra flags.
 #   SCREEN="fast|w125:--width 1.25" SEEDS=10 PAR=5: the screening (step 7; the default screens `fast` and
 #   the two wider nets);
 #   SCREEN="" skips it.
 #   TIMED="e14:--epochs 14 --low-res-epochs 10|w125:--width 1.25": the variants timed alone (step 5, seed 1;
 #   the default times the two wider nets and E14; TIMED="" skips them). Names (in TIMED and SCREEN): letters, digits and _.
-#   ONLY="fast_10 screen": run only these steps (names as in steps.txt: resnet18 fast_E notebook fast_old
+#   ONLY="fast_10 screen": run only these steps (names as in steps.txt: resnet18 fast_E notebook fast_ref
 #   timed_NAME fast_sgd throughput screen).
 #   PACK=FILE.tar.gz: after every step, pack OUT_DIR (without checkpoints) into FILE.
 set -uo pipefail
@@ -61,14 +63,14 @@ if [ "${SMOKE:-0}" = "1" ]; then
   NB=(-p DATASET shapes -p MODEL fastnet -p EPOCHS 1 -p BATCH_SIZE 64 -p RUN_LR_FINDER False -p NUM_IMAGES 4
       -y "{EXTRA: {shapes_train: 256, shapes_test: 64, progress: false, width: 0.5}}")
   SCREEN_FLAGS="--epochs 2 --low-res-epochs 0 --tta none"; SEEDS=${SMOKE_SEEDS:-2}
-  SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; TIMED_DEFAULT="l1:--low-res-epochs 1"; OLD_FLAGS=${OLD_FLAGS-"--epochs 2"}
+  SCREEN_DEFAULT="fast|l1:--low-res-epochs 1"; TIMED_DEFAULT="l1:--low-res-epochs 1"; REF_FLAGS=${REF_FLAGS-"--epochs 2"}
 else
   DEV=cuda; R18_EPOCHS=20; FAST_EPOCHS="${FAST_EPOCHS:-10 12}"; FAST_FLAGS="${FAST_FLAGS-}"; SGD_EPOCHS=""; LIMIT=""
   DS="--dataset folder --data-dir $DATA"
   TP="--device cuda --data-dir $DATA --batch-size 512 --data-batches 30 --step-batches fastnet=30,resnet18=20"
   TP="$TP --repeats 1 --workers 8"
   NB=(-p DATASET folder -p DATA_DIR "$DATA" -p EPOCHS 2 -y "{EXTRA: {progress: false}}")
-  SCREEN_FLAGS=""; OLD_FLAGS=${OLD_FLAGS-}
+  SCREEN_FLAGS=""; REF_FLAGS=${REF_FLAGS-}
 fi
 SCREEN=${SCREEN-$SCREEN_DEFAULT}
 TIMED=${TIMED-$TIMED_DEFAULT}
@@ -148,10 +150,10 @@ elif wanted notebook; then
   echo "notebook skipped (no papermill)" >> "$OUT/steps.txt"
 fi
 
-# 4. The fast recipe of an older checkout, 5. the timed variants and fast_sgd.
-if [ -n "${OLD_CODE:-}" ]; then
-  step fast_old 30 bash -c 'cd "$1" && shift && exec "$@"' _ "$OLD_CODE" \
-    $RUN --recipe fast $DS $LIMIT $OLD_FLAGS --no-analysis --out "$OUT/fast_old"
+# 4. The reference run (the fast recipe of another checkout), 5. the timed variants and fast_sgd.
+if [ -n "${REF_CODE:-}" ]; then
+  step fast_ref 30 bash -c 'cd "$1" && shift && exec "$@"' _ "$REF_CODE" \
+    $RUN --recipe fast $DS $LIMIT $REF_FLAGS --no-analysis --out "$OUT/fast_ref"
 fi
 if [ -n "$TIMED" ]; then
   IFS='|' read -ra tconfigs <<< "$TIMED"

@@ -3,7 +3,7 @@
     python benchmarks/summarize.py benchmarks/out/gpu [TARGET]
 
 TARGET: the test accuracy with TTA whose time is reported (default 91, gpu.sh's).
-Variants timed alone (``timed_NAME``) are given against the older code's time when ``fast_old`` ran.
+Variants timed alone (``timed_NAME``) are given against the reference run's time when ``fast_ref`` ran.
 Reads whatever the folder holds: a step that failed or was skipped is left out (steps.txt says which).
 """
 
@@ -61,22 +61,22 @@ def main() -> None:
     hit = [r for r in runs if (r.get("test_acc_tta") or 0) >= target]
     summary["fast_time_to_target_s"] = hit[0]["train_time_s"] if hit else None
     print(f"fast recipe time to {target:g}% (TTA): " + (f"{hit[0]['train_time_s']} s" if hit else "not reached"))
-    old = out / "fast_old" / "metrics.json"
-    if old.exists():
-        summary["fast_old"] = _fast_run("fast recipe, older code", old)
-        same = [r for r in runs if r["epochs"] == summary["fast_old"]["epochs"]]
+    ref = out / "fast_ref" / "metrics.json"
+    if ref.exists():
+        summary["fast_ref"] = _fast_run("fast recipe, reference run", ref)
+        same = [r for r in runs if r["epochs"] == summary["fast_ref"]["epochs"]]
         if same:
-            summary["fast_time_vs_old"] = round(same[0]["train_time_s"] / summary["fast_old"]["train_time_s"], 3)
-            print(f"fast recipe time vs the older code's: {summary['fast_time_vs_old']}x")
+            summary["fast_time_vs_ref"] = round(same[0]["train_time_s"] / summary["fast_ref"]["train_time_s"], 3)
+            print(f"fast recipe time vs the reference run's: {summary['fast_time_vs_ref']}x")
     timed = sorted(out.glob("timed_*/metrics.json"))
     if timed:
         summary["timed"] = {}
     for p in timed:
         name = p.parent.name[len("timed_"):]
         entry = summary["timed"][name] = _fast_run(f"variant {name}", p)
-        if "fast_old" in summary:
-            entry["time_vs_old"] = round(entry["train_time_s"] / summary["fast_old"]["train_time_s"], 3)
-            print(f"variant {name} time vs the older code's: {entry['time_vs_old']}x")
+        if "fast_ref" in summary:
+            entry["time_vs_ref"] = round(entry["train_time_s"] / summary["fast_ref"]["train_time_s"], 3)
+            print(f"variant {name} time vs the reference run's: {entry['time_vs_ref']}x")
     sgd = out / "fast_sgd" / "metrics.json"
     if sgd.exists():
         summary["fast_sgd"] = _fast_run("fast_sgd recipe", sgd)

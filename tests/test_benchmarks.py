@@ -26,10 +26,10 @@ def _run(args, tmp_path, **env):
 
 def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     out = _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
-               PYTHON=sys.executable, OLD_CODE=str(ROOT),
-               OLD_FLAGS="--epochs 2 --low-res-epochs 1", SMOKE_SEEDS="1", PACK=str(tmp_path / "gpu.tar.gz"))
+               PYTHON=sys.executable, REF_CODE=str(ROOT),
+               REF_FLAGS="--epochs 2 --low-res-epochs 1", SMOKE_SEEDS="1", PACK=str(tmp_path / "gpu.tar.gz"))
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
-    assert [line.split(" rc=")[0] for line in s["steps"][:-1]] == ["resnet18", "fast_2", "notebook", "fast_old",
+    assert [line.split(" rc=")[0] for line in s["steps"][:-1]] == ["resnet18", "fast_2", "notebook", "fast_ref",
                                                                    "timed_l1", "fast_sgd", "throughput"], s["steps"]
     assert [line.split(" rc=")[1].split()[0] for line in s["steps"][:-1]] == ["0"] * 7, s["steps"]
     assert s["steps"][-1].startswith("screen 2 of 2 runs")
@@ -37,12 +37,13 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     assert [r["epochs"] for r in s["fast"]] == [2] and s["target"] == 91.0
     reached = [r for r in s["fast"] if r["test_acc_tta"] >= 91.0]
     assert s["fast_time_to_target_s"] == (reached[0]["train_time_s"] if reached else None)
-    assert s["fast_time_vs_old"] == pytest.approx(s["fast"][0]["train_time_s"] / s["fast_old"]["train_time_s"],
-                                                  abs=0.001)
+    # summarize.py rounds ratios to 3 decimals: within 5e-4 of the ratio of the raw times
+    assert s["fast_time_vs_ref"] == pytest.approx(s["fast"][0]["train_time_s"] / s["fast_ref"]["train_time_s"],
+                                                  abs=6e-4)
     (timed,) = s["timed"].values()
     assert list(s["timed"]) == ["l1"] and timed["epochs"] == 2
     assert timed["test_acc"] == read_metrics(tmp_path / "gpu" / "timed_l1")["test_acc"]
-    assert timed["time_vs_old"] == pytest.approx(timed["train_time_s"] / s["fast_old"]["train_time_s"], abs=0.001)
+    assert timed["time_vs_ref"] == pytest.approx(timed["train_time_s"] / s["fast_ref"]["train_time_s"], abs=6e-4)
     cfg = (tmp_path / "gpu" / "timed_l1" / "config.yaml").read_text()
     assert "low_res_epochs: 1\n" in cfg and "seed: 1\n" in cfg
     assert s["fast_sgd"]["epochs"] == 1 and 0 <= s["fast_sgd"]["test_acc"] <= 100
@@ -51,10 +52,14 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     for name, g in s["screen"].items():
         (run,) = g["runs"]
         assert g["n"] == 1 and run["seed"] == 1 and run["epochs"] == 2
-        assert g["mean_test_acc"] == run["test_acc"] == read_metrics(tmp_path / "gpu" / "screen" / f"{name}_s1")["test_acc"]
+        assert run["test_acc"] == read_metrics(tmp_path / "gpu" / "screen" / f"{name}_s1")["test_acc"]  # copied
+        # the mean is rounded to 3 decimals (14.0625 -> 14.062): compare within that rounding, not exactly
+        assert g["mean_test_acc"] == pytest.approx(run["test_acc"], abs=6e-4)
     steps = s["throughput"]["step_images_per_s"]["fastnet"]
     for k, v in s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"].items():
-        assert v == pytest.approx(steps["ours"] / steps[k], abs=0.01)
+        # bench_throughput.py rounds the ratio of the (rounded) rates to 0.01
+        ratio = steps["ours"] / steps[k]
+        assert v == pytest.approx(ratio, abs=0.005 + 1e-9)
     assert "fast recipe time to 91% (TTA)" in out.stdout
     with tarfile.open(tmp_path / "gpu.tar.gz") as tar:
         names = tar.getnames()
@@ -239,27 +244,6 @@ def test_subset_screening_trains_later_epochs_on_the_highest_loss_images(tmp_pat
                           "fast"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip().splitlines() == [
         "error: --subset-from must be 0 (off) or >= 2 (epoch 1 trains on every image), with --subset-fraction in (0, 1)"]
-
-
-def test_weight_gradient_benchmark_pairs_processes_with_and_without_the_matrix_products(tmp_path):
-    path = tmp_path / "wgrad.json"
-    _run([sys.executable, "benchmarks/bench_wgrad.py", "--size", "16", "--size", "32", "--pairs", "1", "--steps", "1",
-          "--warmup", "1", "--batch-size", "16", "--out", str(path)], tmp_path)
-    r = json.loads(path.read_text())
-    assert r["batch_size"] == 16 and [(row["size"], row["pair"]) for row in r["rows"]] == [(16, 1), (32, 1)]
-    for row in r["rows"]:
-        on, off = row["on_s"], row["off_s"]
-        assert on > 0 and off > 0
-        # the ratio of the unrounded times: within what rounding each (to 1e-4 s) and the ratio (to 1e-3) allows
-        assert abs(row["ratio"] - on / off) <= 5e-4 + 5e-5 / off + 5e-5 * on / off ** 2 + 1e-9
-        assert row["gemm_convs_off"] == []  # off: oneDNN's kernel everywhere
-        # on: every convolution on maps of at most 8x8 (16 px input: 15 -> 7 -> 3 -> 1; 32 px: 31 -> 15 -> 7 -> 3)
-        small = ["block2.conv2", "block3.conv1", "block3.conv2"]
-        want = sorted(["block1.conv2", "block2.conv1"] + small) if row["size"] == 16 else small
-        assert row["gemm_convs_on"] == want
-    bad = subprocess.run([sys.executable, "benchmarks/bench_wgrad.py", "--size", "8"], cwd=ROOT, env=cli_env(),
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--size at least 16" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_resnet18_comparison_summarises_its_runs_and_stops_on_a_bad_setting_with_the_runs_error(tmp_path):
