@@ -27,7 +27,7 @@ def child(n: int, side: int, batch: int, steps: int, device_name: str, model_nam
     from common import Batches, batches, now, sync
     from eva8_utils.config import build_config
     from eva8_utils.data import Splits
-    from eva8_utils.engine import train_one_epoch
+    from eva8_utils.engine import Step, train_one_epoch
     from eva8_utils.experiment import Experiment
     from eva8_utils.utils import peak_rss_mb
 
@@ -47,8 +47,8 @@ def child(n: int, side: int, batch: int, steps: int, device_name: str, model_nam
     it = batches(exp.train_loader, steps + 1)
 
     def step_block(k):
-        train_one_epoch(exp.train_model, Batches(it, k, device), exp.optimizer, device=device,
-                        amp_dtype=exp.precision.dtype, progress=False, log_every=10**9)
+        train_one_epoch(exp.train_model, Batches(it, k, device), exp.optimizer, device,
+                        step=Step(amp_dtype=exp.precision.dtype, log_every=10**9), progress=False)
 
     step_block(1)  # the first step warms up
     sync(device)

@@ -24,7 +24,7 @@ from common import Batches, add_data_args, batches, classic_loader, load_images,
 
 from eva8_utils.config import build_config
 from eva8_utils.data import DeviceLoader
-from eva8_utils.engine import train_one_epoch
+from eva8_utils.engine import Step, train_one_epoch
 from eva8_utils.experiment import Experiment
 from eva8_utils.utils import get_device
 
@@ -48,8 +48,8 @@ def time_steps(exp, make_iter, n_batches, batch_size, repeats):
     """Images per second of the real training step (engine.train_one_epoch) on the assembled
     model and optimizer, fed by ``make_iter``."""
     def run(it, n):
-        train_one_epoch(exp.train_model, Batches(it, n, exp.device), exp.optimizer, device=exp.device,
-                        amp_dtype=exp.precision.dtype, scaler=exp.scaler, progress=False, log_every=10**9)
+        train_one_epoch(exp.train_model, Batches(it, n, exp.device), exp.optimizer, exp.device,
+                        step=Step(amp_dtype=exp.precision.dtype, scaler=exp.scaler, log_every=10**9), progress=False)
 
     rates = []
     for _ in range(repeats):

@@ -26,7 +26,7 @@ from common import add_data_args, classic_loader, load_images, machine, now, syn
 
 from eva8_utils.config import RECIPES, build_config
 from eva8_utils.data import DeviceLoader
-from eva8_utils.engine import FitHooks, evaluate
+from eva8_utils.engine import Callback, evaluate
 from eva8_utils.errors import TrainingInterrupted
 from eva8_utils.experiment import Experiment, train
 from eva8_utils.models import create_model
@@ -52,7 +52,7 @@ class Clock:
         return self.total + (now() - self.t0 if self.t0 is not None else 0.0)
 
 
-class MarkHooks(FitHooks):
+class MarkHooks(Callback):
     """Measures the test accuracy when the training clock passes each mark; the clock stops
     during these measurements and during fit's own per-epoch evaluation."""
 
@@ -69,15 +69,15 @@ class MarkHooks(FitHooks):
         self.clock.start()
         return {"minutes": round(label_time / 60, 2), "test_acc": plain["test_acc"], "test_acc_tta": tta["test_acc"]}
 
-    def on_step(self, epoch, batch, partial):
+    def after_step(self, state):
         while self.pending and self.clock.elapsed() >= self.pending[0] * 60:
             self.results.append(self.measure(self.pending.pop(0) * 60))
         sync(self.exp.device)
         self.last_step = now()
 
-    def on_epoch_end(self, epoch, row, history):
+    def after_epoch(self, state):
         self.clock.total -= now() - self.last_step  # fit's evaluation after the epoch is not training
-        print(f"ours: epoch {epoch} done at {self.clock.elapsed() / 60:.2f} min of training", flush=True)
+        print(f"ours: epoch {state.epoch} done at {self.clock.elapsed() / 60:.2f} min of training", flush=True)
 
 
 def run_ours(splits, device, marks, budget, epochs, seed, recipe="fast_sgd"):
@@ -91,7 +91,7 @@ def run_ours(splits, device, marks, budget, epochs, seed, recipe="fast_sgd"):
     hooks = MarkHooks(exp, clock, marks)
     clock.start()
     try:
-        train(exp, hooks=hooks, stop=lambda: clock.elapsed() >= budget * 60)
+        train(exp, callbacks=[hooks], stop=lambda: clock.elapsed() >= budget * 60)
     except TrainingInterrupted:  # the budget ran out inside the schedule
         pass
     finished = clock.elapsed()

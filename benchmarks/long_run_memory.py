@@ -15,17 +15,18 @@ import tempfile
 from common import machine, write_json
 
 from eva8_utils.config import build_config
-from eva8_utils.engine import FitHooks
+from eva8_utils.engine import Callback
 from eva8_utils.experiment import build, train
 from eva8_utils.rundir import RunDir
 from eva8_utils.utils import current_rss_mb, peak_rss_mb
 
 
-class Track(FitHooks):
+class Track(Callback):
     def __init__(self, epochs):
         self.epochs, self.rss = epochs, {}
 
-    def on_epoch_end(self, epoch, row, history):
+    def after_epoch(self, state):
+        epoch = state.epoch
         self.rss[epoch] = (round(current_rss_mb(), 1), round(peak_rss_mb(), 1))
         if epoch in (1, 10, 50, 100, 150, 200) or epoch == self.epochs:
             print(f"epoch {epoch}: RSS {self.rss[epoch][0]} MiB, peak {self.rss[epoch][1]} MiB", flush=True)
@@ -44,7 +45,7 @@ def main() -> None:
                                       device="cpu", analysis=False, out=run_dir, checkpoint_minutes=0.0))
         exp = build(cfg)
         track = Track(args.epochs)
-        train(exp, RunDir(run_dir), hooks=track)
+        train(exp, RunDir(run_dir), callbacks=[track])
     device, rss = exp.device, track.rss
     e10, elast = rss[min(10, args.epochs)], rss[args.epochs]
     result = {"benchmark": "long_run_memory", "machine": machine(device), "epochs": args.epochs,
