@@ -298,6 +298,8 @@ class Experiment:
                  f"model: {self.model_name}, {count_parameters(self.model):,} parameters; {cfg.optimizer}, batch "
                  f"{cfg.batch_size}{f' x {D.world_size()}' if ranks else ''}, {self.steps_per_epoch} steps/epoch, "
                  f"{cfg.scheduler} schedule, lr {float(cfg.lr):.4g}, {cfg.epochs} epochs"]
+        lines += [f"{split}: {loader.description}" for split, loader in (("train", self.train_loader),
+                                                                            ("test", self.test_loader))]
         extras = [name for name, on in (("lookahead", cfg.lookahead), (f"EMA {cfg.ema:g}", cfg.ema > 0),
                                         (f"MixUp {cfg.mixup:g}", cfg.mixup > 0), (f"CutMix {cfg.cutmix:g}", cfg.cutmix > 0))
                   if on]

@@ -89,6 +89,12 @@ class DeviceLoader:
         return len(self._plan())
 
     @property
+    def description(self) -> str:
+        """The log line that names the input path."""
+        what = "augmented per batch there" if self.aug is not None else "normalised per batch there"
+        return f"input: uint8 images on {self.device.type}, {what} (the package's device loader)"
+
+    @property
     def num_samples(self) -> int:
         return len(self.images)
 

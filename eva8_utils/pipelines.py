@@ -100,7 +100,8 @@ def to_tensor(out: Any, ref: str) -> torch.Tensor:
     if isinstance(out, np.ndarray) and out.ndim == 3 and out.shape[-1] == 3:
         out = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
     if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"{ref} returned {type(out).__name__}; it must return a (3, H, W) tensor: end it with "
+        what = type(out).__name__ + (f" of shape {tuple(out.shape)}" if hasattr(out, "shape") else "")
+        raise ConfigError(f"{ref} returned {what}; it must return a (3, H, W) tensor: end it with "
                           f"ToTensorV2() (albumentations) or ToImage() + ToDtype(torch.float32, scale=True) (torchvision)")
     if out.dim() != 3 or out.shape[0] != 3:
         raise ConfigError(f"{ref} returned a tensor of shape {tuple(out.shape)}; it must be (3, H, W) with 3 "
@@ -258,5 +259,5 @@ def make_pipeline_loaders(splits: Any, cfg: Any, device: torch.device, workers: 
             batch_size=old.batch_size, device=device, train=split == "train", seed=cfg.seed,
             normalise=None if own else (splits.mean, splits.std), display=(splits.mean, splits.std),
             workers=workers, channels_last=old.channels_last)
-        logger.info("%s: %s", split, describe(t, ref, loaders[split].workers, own is not None))
+        loaders[split].description = describe(t, ref, loaders[split].workers, own is not None)
     return loaders["train"], loaders["test"]

@@ -293,8 +293,9 @@ def _validate(state: TrainState, test_loader, tr: dict[str, Any], dt: float) -> 
     te = results[""]
     if isinstance(state.step.schedule, Schedule):
         state.step.schedule.after_epoch(te["test_loss"])
-    logger.info("Train set: Average loss: %.4f, Accuracy: %.2f%%, last LR %.4g, %.1f s",
-                tr["train_loss"], tr["train_acc"], tr["lrs"][-1] if tr["lrs"] else float("nan"), dt)
+    logger.info("Train set: Average loss: %.4f, Accuracy: %.2f%%, last LR %.4g, %.1f s, %.0f images/s",
+                tr["train_loss"], tr["train_acc"], tr["lrs"][-1] if tr["lrs"] else float("nan"), dt,
+                tr["samples"] / max(dt, 1e-9))
     state.row = {**tr, **te}
     for name, res in results.items():
         logger.info(test_line(res, _label(state, name)))
