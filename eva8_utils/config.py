@@ -49,6 +49,7 @@ RUN_CONTROL = ("out", "resume", "overwrite", "progress", "log_every", "analysis"
                "device", "data_dir", "cache_dir")
 
 _group = "run"
+MAX_SEED = 2**32 - 1   # NumPy's seeds stop there; torch's at 2**64 - 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,7 +379,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.l1 >= 0, "l1", ">= 0")
     need(cfg.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
     need(cfg.ema == 0 or 0 < cfg.ema < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.999")
-    need(cfg.seed >= 0, "seed", ">= 0")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}] (2**32 - 1)")
     need(cfg.log_every >= 1, "log_every", ">= 1")
     need(cfg.checkpoint_minutes >= 0, "checkpoint_minutes", ">= 0 (0 = only at the end of each epoch)")
     need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
@@ -419,6 +420,40 @@ def _check_ranges(cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------
 # Building a config from layers.
 # ---------------------------------------------------------------------------------------
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"duplicate key {key!r} on line {line}")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping giving the same key twice (safe_load keeps
+    the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: construct_mapping says so itself
+                break
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` (the same safe constructors) that raises :class:`DuplicateKeyError`
+    on a key given twice."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (``yaml.safe_load`` only) and check its keys.
 
@@ -429,7 +464,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file {path} gives {e.key!r} twice (line {e.line}); keep one of them") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
