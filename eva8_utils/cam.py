@@ -140,6 +140,11 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: Sequence[int] 
     target_layer = get_layer(model, layer)
     if reshape_transform is None:
         reshape_transform = getattr(model, "cam_reshape", None)
+    if len(images):
+        from .checks import check_model
+
+        check_model(model, images[:1].to(next(model.parameters()).device), None, cam_layer=layer,
+                    reshape_transform=reshape_transform)  # a map of at least 5x5, before any hook is set
     device = next(model.parameters()).device
     was_training = model.training
     saved_grads = [(p, p.grad) for p in model.parameters()]

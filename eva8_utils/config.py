@@ -49,6 +49,7 @@ RUN_CONTROL = ("out", "resume", "overwrite", "progress", "log_every", "analysis"
                "device", "data_dir", "cache_dir")
 
 _group = "run"
+MAX_SEED = 2**32 - 1   # NumPy's seeds stop there; torch's at 2**64 - 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,9 +90,6 @@ RECIPES["fast"] = dict(
     lookahead=False, epochs=10, low_res_size=26, low_res_epochs=6,
 )
 RECIPES = {name: RECIPES[name] for name in ("resnet18", "fast", "fast_sgd")}  # the order --help lists
-# Names of earlier versions -> (the name now, a note). Asked for by name they are refused with the
-# name to use; a run folder saved under an old name resumes under the new one (its values are saved).
-RENAMED_RECIPES = {"fast_muon": ("fast", "the SGD recipe once called 'fast' is now 'fast_sgd'")}
 
 
 def _f(default: Any, help: str, *, choices: tuple[str, ...] | None = None, registry: str | None = None,
@@ -386,7 +384,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.l1 >= 0, "l1", ">= 0")
     need(cfg.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
     need(cfg.ema == 0 or 0 < cfg.ema < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.999")
-    need(cfg.seed >= 0, "seed", ">= 0")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}] (2**32 - 1)")
     need(cfg.log_every >= 1, "log_every", ">= 1")
     need(cfg.checkpoint_minutes >= 0, "checkpoint_minutes", ">= 0 (0 = only at the end of each epoch)")
     need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
@@ -427,6 +425,40 @@ def _check_ranges(cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------
 # Building a config from layers.
 # ---------------------------------------------------------------------------------------
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"duplicate key {key!r} on line {line}")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping giving the same key twice (safe_load keeps
+    the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: construct_mapping says so itself
+                break
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` (the same safe constructors) that raises :class:`DuplicateKeyError`
+    on a key given twice."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (``yaml.safe_load`` only) and check its keys.
 
@@ -437,7 +469,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file {path} gives {e.key!r} twice (line {e.line}); keep one of them") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
@@ -478,11 +512,6 @@ def build_config(yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in _FIELDS}
     recipe = flags.get("recipe", yaml_values.get("recipe", values.get("recipe", "")))
-    if recipe in RENAMED_RECIPES:
-        now, note = RENAMED_RECIPES[recipe]
-        if "recipe" in flags or "recipe" in yaml_values:
-            raise ConfigError(f"recipe '{recipe}' has a new name: use '{now}' ({note})")
-        values["recipe"] = recipe = now
     if recipe:
         one_of("recipe", recipe, _FIELDS["recipe"].metadata["choices"])
         # A recipe chosen now (not inherited from a resumed base) is applied over the base.

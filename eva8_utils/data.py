@@ -39,7 +39,7 @@ logger = logging.getLogger("eva8_utils")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHAPE_CLASSES = ("circle", "square", "triangle", "plus", "ring", "diamond", "x", "hbar", "vbar", "frame")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2   # 2: 16-bit images scaled to 8 bits (1 clipped them)
 # shapes: objects of radius 13-22% of the side, placed uniformly (a fixed-point guess such as
 # the image centre finds 27% of them), nearly flat on a noisy background (noise std 0.02 on
 # the object, 0.15 around it): what the CAM pointing game needs.
@@ -60,6 +60,8 @@ class Splits:
             ``(y0, x0, y1, x1)``, inclusive pixel coordinates (``shapes`` only).
         name: source name for logs and reports.
         skipped_files: non-image files that were ignored (``folder`` only).
+        pending_cache: writes the decoded arrays to the cache once the data is accepted
+            (:func:`commit_cache`); None when there is nothing to write.
     """
 
     x_train: np.ndarray
@@ -73,6 +75,7 @@ class Splits:
     boxes_test: np.ndarray | None = None
     name: str = ""
     skipped_files: int = 0
+    pending_cache: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -247,6 +250,14 @@ def pil_to_array(im, image_size: int = 0) -> np.ndarray:
     the preparation every image gets, in training and in prediction."""
     from PIL import Image
 
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (PNG, TIFF) grey: PIL's convert() would clip every value above 255 to white.
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{im.mode} pixel values outside 0..65535; save it as an 8- or 16-bit image")
+        im = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        raise ValueError("floating-point pixels; save it as an 8- or 16-bit image")
     if im.mode != "RGB":
         im = im.convert("RGB")
     if image_size and im.size != (image_size, image_size):
@@ -291,12 +302,14 @@ def _decode_all(files: Sequence[Path], image_size: int) -> np.ndarray:
 
 
 def _cache_key(root: Path, splits: dict[str, _SplitFiles], image_size: int) -> str:
-    h = hashlib.sha1(f"v{_CACHE_VERSION}|{root.resolve()}|{image_size}".encode())
+    # File names as the OS's bytes (os.fsencode): a name that is not valid UTF-8 (caf\xe9.jpg
+    # from a Latin-1 system) is read through a surrogate escape that .encode() refuses.
+    h = hashlib.sha1(f"v{_CACHE_VERSION}|".encode() + os.fsencode(root.resolve()) + f"|{image_size}".encode())
     for name, sf in splits.items():
         h.update(name.encode())
         for p, y in zip(sf.files, sf.labels):
             st = p.stat()
-            h.update(f"{p.relative_to(root)}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p.relative_to(root)) + f"|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -305,7 +318,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "eva8_utils"
 
 
-def load_folder(root: str | Path, image_size: int = 0, cache_dir: str | Path | None = "") -> Splits:
+def load_folder(root: str | Path, image_size: int = 0, cache_dir: str | Path | None = "",
+                defer_cache: bool = False) -> Splits:
     """Images from ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (or ``val``).
 
     Also reads TinyImageNet's ``val/images`` + ``val_annotations.txt`` directly. Images
@@ -317,6 +331,9 @@ def load_folder(root: str | Path, image_size: int = 0, cache_dir: str | Path | N
         image_size: target side in pixels, 0 to keep the (common, square) size.
         cache_dir: where the decoded arrays are cached; ``""`` = the user cache,
             ``None`` or ``"off"`` = no cache.
+        defer_cache: do not write a new cache file now, but leave the write in
+            ``Splits.pending_cache`` for :func:`commit_cache`, once the data is accepted (a
+            run refused for its data leaves no cache behind).
 
     Raises:
         DataError: missing folders, empty class folders, unreadable images, mixed sizes.
@@ -362,13 +379,28 @@ def load_folder(root: str | Path, image_size: int = 0, cache_dir: str | Path | N
         )
     arrays = dict(x_train=x_train, y_train=np.asarray(scans["train"].labels, dtype=np.int64),
                   x_test=x_test, y_test=np.asarray(scans["test"].labels, dtype=np.int64))
+    splits = Splits(**arrays, classes=classes, name=f"folder:{root.name}", skipped_files=len(skipped))
     if cache_file is not None:
-        try:
-            with atomic_path(cache_file) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-        except OSError as e:
-            logger.warning("could not write the cache %s (%s); continuing without it", cache_file, e)
-    return Splits(**arrays, classes=classes, name=f"folder:{root.name}", skipped_files=len(skipped))
+        splits.pending_cache = lambda: _write_cache(cache_file, arrays)
+        if not defer_cache:
+            commit_cache(splits)
+    return splits
+
+
+def _write_cache(cache_file: Path, arrays: dict[str, np.ndarray]) -> None:
+    try:
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as e:
+        logger.warning("could not write the cache %s (%s); continuing without it", cache_file, e)
+
+
+def commit_cache(splits: Splits) -> None:
+    """Write the decoded images' cache that :func:`load_folder` (``defer_cache=True``) left
+    pending, once; nothing to do for other data."""
+    write, splits.pending_cache = splits.pending_cache, None
+    if write is not None:
+        write()
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,10 +490,23 @@ def _from_cfg_cifar10(cfg: Any) -> Splits:
 
 
 def _from_cfg_folder(cfg: Any) -> Splits:
-    return load_folder(cfg.data_dir, image_size=cfg.image_size, cache_dir=cfg.cache_dir)
+    return load_folder(cfg.data_dir, image_size=cfg.image_size, cache_dir=cfg.cache_dir, defer_cache=True)
+
+
+SHAPES_BYTES_PER_PIXEL = 115  # peak while a split is drawn (float64 noise, masks, ...), measured
+
+
+def shapes_memory(n_train: int, n_test: int, size: int = 32) -> int:
+    """Bytes :func:`make_shapes` needs at its peak: one split drawn in float64, both kept as uint8."""
+    return max(n_train, n_test) * size * size * SHAPES_BYTES_PER_PIXEL + (n_train + n_test) * size * size * 3
 
 
 def _from_cfg_shapes(cfg: Any) -> Splits:
+    from .checks import check_fits_memory
+
+    check_fits_memory(shapes_memory(cfg.shapes_train, cfg.shapes_test),
+                      f"--shapes-train {cfg.shapes_train} --shapes-test {cfg.shapes_test}",
+                      "use fewer images (the default is 4000 and 1000)")
     return make_shapes(cfg.shapes_train, cfg.shapes_test, seed=cfg.seed)
 
 
@@ -476,10 +521,12 @@ def load_dataset(cfg: Any) -> Splits:
     """Load the dataset a config names (``cfg.dataset``), resized if ``cfg.image_size`` asks,
     reduced to a class-balanced subset if ``cfg.train_subset`` asks."""
     splits = DATASETS[cfg.dataset](cfg)
+    pending = splits.pending_cache
     if cfg.image_size and splits.image_size != cfg.image_size:
         splits = resize_splits(splits, cfg.image_size)
     if getattr(cfg, "train_subset", 0) and cfg.train_subset < len(splits.y_train):
         splits = subset_train(splits, cfg.train_subset, cfg.seed)
+    splits.pending_cache = pending  # a folder's cache is written once the run accepts the data
     return splits
 
 

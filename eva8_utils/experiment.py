@@ -31,6 +31,7 @@ from . import __version__
 from . import distributed as D
 from .config import TrainConfig, field_meta, field_names, one_of
 from .data import DATASETS, DeviceLoader, Splits, load_dataset, make_loaders
+from .checks import build_model_checked, check_model
 from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, Callback, DivergenceMonitor, EMAWeights,
                      GradClip, L1Penalty, Lookahead, LookaheadStep, Resume, Schedule, Step, StopWhen, WatchDivergence,
                      ScheduleSettings, choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
@@ -178,18 +179,14 @@ class Experiment:
         if model is None:
             self.spec = get_spec(cfg.model)
             options = model_options(cfg, splits.image_size)
-            model = self.spec.build(num_classes=splits.num_classes, **options)
-            if not isinstance(model, nn.Module):
-                raise ConfigError(f"--model {cfg.model} returned {type(model).__name__}, not an nn.Module")
+            model = build_model_checked(self.spec.build, cfg.model, splits.num_classes, options)
             self.model_ref = {"model": cfg.model, "options": options, "imports": list(cfg.imports)}
             self.model_name = cfg.model
         else:
             self.model_name, self.model_ref = type(model).__name__, None
-        if cfg.analysis and cfg.cam_layer:
-            from .cam import get_layer
-
-            get_layer(model, cfg.cam_layer)
         prepare_model(model, self.train_loader, self.device, channels_last=cfg.channels_last, seed=cfg.seed)
+        check_model(model, self.train_loader.batch_at([0, 1])[0], splits.num_classes, f"--model {self.model_name}",
+                    cfg.cam_layer if cfg.analysis else None, self.cam_reshape)
         if cfg.sync_bn and D.world_size() > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model

@@ -222,7 +222,7 @@ def train_main(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------
 def stats_main(argv: Sequence[str]) -> int:
     """``eva8 stats --dataset ... [--data-dir ...]``: mean/std and class counts."""
-    from .data import dataset_stats, load_dataset
+    from .data import commit_cache, dataset_stats, load_dataset
     from .experiment import check_names
 
     p = Parser(prog="eva8 stats", description="Per-channel mean/std and class counts of a dataset.",
@@ -232,6 +232,7 @@ def stats_main(argv: Sequence[str]) -> int:
     check_names(cfg)
     splits = load_dataset(cfg)
     s = dataset_stats(splits)
+    commit_cache(splits)
     fmt = _fmt3
     print(f"dataset: {splits.name}  image size: {s['image_size']}x{s['image_size']}  classes: {len(splits.classes)}"
           + (f"  (skipped {splits.skipped_files} non-image files)" if splits.skipped_files else ""))

@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import yaml
 
 from . import distributed as D
 from .checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
+from .checks import check_writable
 from .config import TrainConfig, experiment_settings, flag
 from .engine import HISTORY_COLUMNS, Callback, TrainState, new_history
 from .errors import CheckpointError, ConfigError
@@ -46,6 +48,11 @@ logger = logging.getLogger("eva8_utils")
 
 RUN_FILES = ("config.yaml", "history.csv", "steps.csv", "metrics.json", "log.txt", "summary.txt", "report.md")
 RUN_DIRS = ("checkpoints", "images", "tensorboard")
+# Settings a resumed run may change: more --epochs extend a finished or stopped run (a schedule
+# fixed at the start refuses that when the checkpoint is restored).
+RESUME_MAY_CHANGE = ("epochs",)
+# A temporary file of an atomic write (utils.atomic_path: ".NAME.XXXXXXXX.tmp"), left by a kill.
+_TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 IMAGE_NAMES = ("curves", "misclassified", "gradcam", "confusion_matrix", "per_class_accuracy", "samples",
                "lr_finder")
 
@@ -67,6 +74,9 @@ class RunDir:
         self.resuming = False
         self.started = False
         self.mode = "new run"              # or: starting over, resuming, finished: showing it (open_for)
+        self.restart = False               # a run stopped before its first checkpoint: start its config again
+        self.wall_before = 0.0             # wall time of the earlier sessions of a resumed run (seconds)
+        self._session_start: float | None = None
         self._writer = None                # TensorBoard SummaryWriter (lazily)
 
     def __repr__(self) -> str:
@@ -113,6 +123,13 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return any((self.checkpoints / n).is_file() for n in ("last.pt", "prev.pt"))
 
+    def other_files(self) -> list[str]:
+        """Names in the folder that are not a run's (hidden files aside), sorted."""
+        if not self.path.is_dir():
+            return []
+        own = set(RUN_FILES) | set(RUN_DIRS)
+        return sorted(p.name for p in self.path.iterdir() if p.name not in own and not p.name.startswith("."))
+
     def read_history(self) -> dict[str, list]:
         """history.csv and steps.csv back into a history dict."""
         history = read_history_csv(self.path / "history.csv")
@@ -132,13 +149,33 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out {self.path} is a file; give a folder")
         if cfg.resume:
-            if not self.has_checkpoint() and not self.finished:
+            saved = self.saved_config()
+            if saved is None and not self.has_checkpoint():
                 raise ConfigError(f"--resume: {self.path} has no checkpoint to continue from; start without --resume")
-            self.resuming = True
+            diff = resume_differences(saved, cfg) if saved is not None else []
+            if diff:
+                raise ConfigError(f"--resume: {self.path} was started with other settings ({'; '.join(diff[:4])}); a "
+                                  f"resumed run keeps the settings in its config.yaml: drop those flags, or start a "
+                                  f"new run in another --out")
+            if not self.has_checkpoint() and not self.finished:
+                self.restart = True
+                logger.info("%s holds a run that stopped before its first checkpoint: starting its config from the "
+                            "beginning", self.path)
+            else:
+                self.resuming = True
+            if not self.finished:
+                check_writable(self.path)
             return
         if self.holds_run() and not cfg.overwrite:
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
                               f"replace it, or choose another --out")
+        others = self.other_files()
+        if others and not self.holds_run() and not cfg.overwrite:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ConfigError(f"--out {self.path} holds other files ({shown}) and no run; choose a new or empty "
+                              f"folder, or pass --overwrite to write the run among them (only a run's own files "
+                              f"are ever replaced)")
+        check_writable(self.path)
 
     def open_for(self, cfg: TrainConfig, overwrite: bool = False) -> TrainConfig:
         """The notebook's rules: never replace a run silently.
@@ -154,6 +191,13 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"RUN_DIR {self.path} is a file; give a folder")
+        others = self.other_files()
+        if others and not self.holds_run() and not overwrite:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ConfigError(f"RUN_DIR {self.path} holds other files ({shown}) and no run; choose a new or empty "
+                              f"RUN_DIR, or set OVERWRITE = True to write the run among them (only a run's own "
+                              f"files are ever replaced)")
+        check_writable(self.path, "RUN_DIR")
         if overwrite or not self.holds_run():
             self.mode = "starting over (OVERWRITE)" if overwrite and self.holds_run() else "new run"
             return cfg.replace(overwrite=overwrite and self.holds_run(), resume=False, out=str(self.path))
@@ -167,7 +211,7 @@ class RunDir:
                               f"OVERWRITE = True to replace it, or choose another RUN_DIR")
         if not self.finished:
             if not self.has_checkpoint():
-                self.mode = "new run (the folder held no checkpoint)"
+                self.mode = "starting its config from the beginning (the run stopped before its first checkpoint)"
                 return cfg.replace(overwrite=True, resume=False, out=str(self.path))  # nothing worth keeping
             self.resuming, self.mode = True, "resuming"
         else:
@@ -219,6 +263,9 @@ class RunDir:
             exp.history = ckpt["history"]
             exp.resumed_from = path
             self.metrics = self.read_metrics()
+            # the wall time up to this checkpoint (saved with it), never less than its training time
+            trained = float(sum(exp.history.get("_epoch_times", [])))
+            self.wall_before = max(float(ckpt.get("wall_time_s") or 0.0), trained)
             return
         if errors:
             raise errors[0]
@@ -228,10 +275,15 @@ class RunDir:
     def start(self, exp) -> None:
         """Create (or clear, with overwrite) the folder and write config.yaml, the log's
         header and summary.txt; metrics.json says ``running``. Rank 0 only writes."""
+        from .data import commit_cache
+
         cfg = exp.cfg
+        self._session_start = time.perf_counter()
         if D.is_main():
-            if cfg.overwrite and self.path.exists():
+            if (cfg.overwrite or self.restart) and self.path.exists():
                 self.clear()
+            self.remove_temporary_files()
+            commit_cache(exp.splits)  # the data is accepted: now its decoded images may be cached
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             setup_logging(self.path / "log.txt")
@@ -250,6 +302,26 @@ class RunDir:
         if not self.resuming:
             self.metrics = {}
         self.write_metrics("running", **exp.run_facts())
+
+    def wall_time(self) -> float:
+        """Seconds of wall time of the run so far, earlier sessions of a resumed run included."""
+        now = time.perf_counter() - self._session_start if self._session_start is not None else 0.0
+        return self.wall_before + now
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove the temporary files that a kill inside an atomic write left
+        (``.last.pt.XXXXXXXX.tmp``) in the run folder, checkpoints/ and images/."""
+        removed = []
+        for folder in (self.path, self.checkpoints, self.path / "images"):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.is_file() and _TEMP_FILE.match(p.name):
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted write, e.g. %s", len(removed),
+                        removed[0])
+        return removed
 
     def clear(self) -> None:
         """Remove the files a run writes (and nothing else) from the folder."""
@@ -287,7 +359,7 @@ class RunDir:
             "model": weights, "optimizer": exp.optimizer.state_dict(),
             "schedule": exp.schedule.state_dict() if exp.schedule is not None else None,
             "epoch": int(epoch), "partial": partial, "history": exp.history_so_far(),
-            "config": exp.cfg.to_dict(), **meta,
+            "config": exp.cfg.to_dict(), "wall_time_s": round(self.wall_time(), 3), **meta,
         }
         for name in ("scaler", "lookahead", "ema", "monitor"):
             obj = getattr(exp, name)
@@ -305,7 +377,10 @@ class RunDir:
         return SaveRun(self, exp)
 
     def finish(self, **values: Any) -> dict[str, Any]:
-        """After the analysis: metrics.json says ``done``."""
+        """After the analysis: metrics.json says ``done``. A ``wall_time_s`` of this session
+        gets the earlier sessions' added (a resumed run)."""
+        if "wall_time_s" in values:
+            values["wall_time_s"] = round(self.wall_before + float(values["wall_time_s"]), 2)
         metrics = self.write_metrics("done", **values)
         if self._writer is not None:
             self._tb_hparams(metrics)
@@ -498,6 +573,20 @@ def history_metrics(history: dict[str, list]) -> dict[str, Any]:
     return m
 
 
+def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings ``cfg`` changes in a saved run, other than those a resume may change
+    (:data:`RESUME_MAY_CHANGE`; run-control settings never count). The saved config is
+    read as a resume reads it (an old recipe name or format counts as its value now)."""
+    from .config import build_config
+
+    base = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "out")}
+    try:
+        now = build_config(base=base).to_dict()
+    except ConfigError:
+        now = saved
+    return [d for d in config_differences(now, cfg) if d.split(" ", 1)[0] not in RESUME_MAY_CHANGE]
+
+
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Settings that differ between a saved run's config and ``cfg`` ("epochs 20 vs 10")."""
     a, b = experiment_settings(saved), experiment_settings(cfg)
@@ -579,5 +668,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["RunDir", "SaveRun", "final_metrics", "save_figure", "history_csv", "steps_csv", "read_history_csv", "history_metrics",
-           "config_differences", "default_run_dir", "new_history"]
+__all__ = ["RunDir", "SaveRun", "final_metrics", "save_figure", "history_csv", "steps_csv", "read_history_csv",
+           "history_metrics", "config_differences", "resume_differences", "default_run_dir", "new_history"]

@@ -1,124 +1,12 @@
-"""Bad input: one line on stderr, exit code 2, and no run folder."""
+"""The config: precedence, recipes, validation, one source per choice list, the notebook's config.
+
+Bad input (one line, exit 2, nothing written) is tested in test_bad_inputs.py."""
 
 import pytest
-from PIL import Image
 
 from eva8_utils.config import RECIPES, TrainConfig, build_config, load_yaml
 from eva8_utils.errors import ConfigError
-from eva8_utils.main import config_from_args, main
-
-SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--model", "fastnet",
-          "--batch-size", "32", "--no-progress"]
-
-
-def _img(path, size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (1, 2, 3)).save(path)
-
-
-def _folder(root, *, test=True, empty_class=False, mixed=False, corrupt=False, text_file=False):
-    for split in ("train", "test") if test else ("train",):
-        for c in ("a", "b"):
-            for i in range(2):
-                _img(root / split / c / f"{i}.png")
-    if empty_class:
-        (root / "train" / "c").mkdir()
-    if mixed:
-        _img(root / "train" / "a" / "z.png", (10, 10))
-    if corrupt:
-        (root / "train" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    return root
-
-
-CASES = [
-    (["--model", "resnet19"], "--model 'resnet19' is not valid; choose one of: custom_resnet, fastnet, resnet18"),
-    (["--optimizer", "rmsprop"], "--optimizer 'rmsprop' is not valid; choose one of: adam, adamw, muon, sgd"),
-    (["--scheduler", "triangle"], "choose one of: cosine, exponential, linear, none, onecycle, plateau, step"),
-    (["--dataset", "imagenet"], "choose one of: cifar10, folder, shapes"),
-    (["--cam-method", "gradcam3"], "choose one of: eigencam, gradcam, gradcam++, layercam, scorecam, xgradcam"),
-    (["--cam-smooth", "blur"], "choose one of: aug, eigen, none"),
-    (["--norm", "instance"], "choose one of: batch, group, layer"),
-    (["--recipe", "turbo"], "--recipe 'turbo' is not valid; choose one of: fast, fast_sgd, resnet18"),
-    (["--recipe", "fast_muon"], "recipe 'fast_muon' has a new name: use 'fast' (the SGD recipe once called 'fast' is now "
-                                "'fast_sgd')"),
-    (["--recipe", "fast", "--epochs", "5"], "--low-res-epochs must be >= 0 and < --epochs (5), got 6: the last epochs "
-                                            "see full-size images; give --low-res-epochs too (e.g. 3) or more --epochs"),
-    (["--flip", "sideways"], "--flip 'sideways' is not valid; choose one of: alternate, none, random"),
-    (["--whiten-bias-lr", "cosine"], "--whiten-bias-lr 'cosine' is not valid; choose one of: linear, schedule"),
-    (["--whiten-bias-lr", "linear"], "--whiten-bias-lr linear needs --whiten-bias-epochs N (N >= 1)"),
-    (["--ema", "1.5"], "--ema must be 0 (off) or a decay in (0, 1)"),
-    (["--mixup", "-1"], "--mixup must be >= 0"),
-    (["--mix-p", "2"], "--mix-p must be a probability in [0, 1]"),
-    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
-    (["--import", "no_such_module_xyz"], "--import no_such_module_xyz: cannot import it (ModuleNotFoundError"),
-    (["--model", "no_such_module_xyz:Net"], "cannot import it (ModuleNotFoundError: No module named 'no_such_module_xyz')"),
-    (SHAPES + ["--batch-size", "100000"], "--batch-size 100000 is larger than the 64 training images; use at most 64"),
-    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--lr", "fast"], "give a number or 'auto'"),
-    (["--epochs", "ten"], "invalid int value: 'ten'"),
-    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
-    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
-    (["--cutout-p", "2"], "--cutout-p must be a probability in [0, 1]"),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    (["--resume"], "--resume needs --out RUN_DIR"),
-    (["--resume", "--out", "nowhere"], "nowhere holds no run"),
-    (["--resume", "--overwrite", "--out", "x"], "contradict"),
-    (SHAPES + ["--cutout", "40"], "--cutout 40 is larger than the 32x32 images"),
-    (SHAPES + ["--cam-layer", "block9"], "--cam-layer 'block9' is not a layer of this model; valid names include: whiten"),
-    (SHAPES + ["--model", "vit_tiny", "--norm", "group"], "--norm group is not supported by vit_tiny"),
-    (SHAPES + ["--model", "resnet18", "--norm", "group", "--groups", "7"], "--groups 7 does not divide"),
-    (SHAPES + ["--width", "0.5", "--model", "resnet18"], "--width 0.5 is not supported by resnet18"),
-    (["--dataset", "folder", "--data-dir", "does/not/exist"], "--data-dir does/not/exist does not exist"),
-]
-
-
-@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a)[-40:] for a, _ in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
-    monkeypatch.chdir(tmp_path)
-    code = main(args + ["--out", "run1"] if "--out" not in args and "--resume" not in args else args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("error: ") and "\n" not in err
-    assert message in err
-    assert not (tmp_path / "run1").exists() and not (tmp_path / "runs").exists()
-
-
-FOLDER_CASES = [
-    (dict(test=False), "has no labelled test split"),
-    (dict(empty_class=True), "holds no images; add images or remove the folder"),
-    (dict(mixed=True), "pass --image-size N"),
-    (dict(corrupt=True), "bad.png"),
-]
-
-
-@pytest.mark.parametrize("layout,message", FOLDER_CASES, ids=[m[:20] for _, m in FOLDER_CASES])
-def test_bad_folder_datasets(tmp_path, monkeypatch, capsys, layout, message):
-    root = _folder(tmp_path / "ds", **layout)
-    monkeypatch.chdir(tmp_path)
-    code = main(["--dataset", "folder", "--data-dir", str(root), "--cache-dir", "off", "--model", "fastnet",
-                 "--cutout", "4", "--crop-padding", "1", "--out", "run1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and message in err
-    assert not (tmp_path / "run1").exists()
-
-
-def test_yaml_unknown_keys_wrong_types_and_bad_syntax(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    cases = [("epochs: 3\nbatchsize: 64\nfoo: 1\n", "unknown key(s): batchsize, foo"),
-             ("epochs: ten\n", "--epochs must be an integer, got 'ten'"),
-             ("flip: maybe\n", "--flip 'maybe' is not valid; choose one of: alternate, none, random"),
-             ("epochs: [3\n", "is not valid YAML"),
-             ("- 1\n- 2\n", "must hold a mapping")]
-    for text, message in cases:
-        (tmp_path / "c.yaml").write_text(text)
-        assert main(["--config", "c.yaml", "--out", "run1"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert message in err and "\n" not in err
-    assert main(["--config", "missing.yaml"]) == 2
-    assert "missing.yaml does not exist" in capsys.readouterr().err
-    assert not (tmp_path / "run1").exists()
+from eva8_utils.main import config_from_args
 
 
 def test_precedence_defaults_recipe_yaml_flags(tmp_path):
@@ -130,16 +18,6 @@ def test_precedence_defaults_recipe_yaml_flags(tmp_path):
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.bias_lr_scale) == ("fastnet", 7, 256, 64.0)
     cfg = config_from_args(["--recipe", "fast", "--model", "resnet18", "--max-lr", "0.2"])
     assert cfg.model == "resnet18" and cfg.lr == 0.2
-
-
-def test_a_run_saved_under_an_old_recipe_name_resumes_under_the_new_one_with_its_own_values(tmp_path):
-    saved = dict(build_config(flags=dict(recipe="fast", batch_size=500)).to_dict(), recipe="fast_muon")
-    cfg = build_config(base=saved)  # a resumed 0.2.0 run folder: its saved values, the name of today
-    assert cfg.recipe == "fast" and cfg.batch_size == 500 and cfg.optimizer == "muon"
-    assert {k: v for k, v in cfg.to_dict().items() if k != "recipe"} == {k: v for k, v in saved.items() if k != "recipe"}
-    (tmp_path / "c.yaml").write_text("recipe: fast_muon\n")
-    with pytest.raises(ConfigError, match="recipe 'fast_muon' has a new name: use 'fast'"):
-        build_config(yaml_values=load_yaml(tmp_path / "c.yaml"))
 
 
 def test_fast_recipe_builds_airbench94_muons_optimizer_and_shrinks_the_first_six_epochs():
@@ -212,26 +90,6 @@ def test_every_choice_list_has_one_source():
         assert "help_probe_net" in field_help("model")  # asked of the registry, not a copy
     finally:
         MODELS.pop("help_probe_net")
-
-
-def test_a_dataset_with_one_class_is_refused(tmp_path, monkeypatch, capsys):
-    root = tmp_path / "one"
-    for split in ("train", "test"):
-        for i in range(4):
-            _img(root / split / "only" / f"{i}.png")
-    monkeypatch.chdir(tmp_path)
-    code = main(["--dataset", "folder", "--data-dir", str(root), "--cache-dir", "off", "--model", "fastnet",
-                 "--batch-size", "2", "--cutout", "4", "--crop-padding", "1", "--out", "run1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "has 1 class(es) in its training split; a classifier needs at least 2" in err
-    assert "\n" not in err and not (tmp_path / "run1").exists()
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
-def test_cuda_requested_without_a_gpu(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(SHAPES + ["--device", "cuda", "--out", "run1"]) == 2
-    assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
 def test_the_notebook_keeps_its_run_folder_on_drive_in_colab(tmp_path, monkeypatch):

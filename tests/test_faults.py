@@ -155,8 +155,8 @@ def test_resume_with_another_model_says_which(tmp_path):
     out = tmp_path / "run"
     assert run_cli(TINY + ["--epochs", "1", "--scheduler", "step", "--out", str(out)]).returncode == 0
     res = run_cli(["--out", str(out), "--resume", "--epochs", "2", "--model", "custom_resnet"])
-    assert res.returncode == 2
-    assert "holds a fastnet with 10 classes, but this run builds a custom_resnet with 10 classes" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1  # refused before anything is built
+    assert "was started with other settings (model 'fastnet' there vs 'custom_resnet' here" in res.stderr
     with pytest.raises(CheckpointError, match="holds a fastnet with 10 classes, but this run builds a fastnet with 200"):
         check_compatible(load_checkpoint(out / "checkpoints" / "last.pt"), "fastnet", 200, "last.pt")
 

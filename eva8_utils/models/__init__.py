@@ -43,7 +43,10 @@ class ModelSpec:
     callbacks: Callable[[nn.Module], list] | None = None
 
     def accepts(self, option: str) -> bool:
-        return option in inspect.signature(self.build).parameters
+        try:
+            return option in inspect.signature(self.build).parameters
+        except (TypeError, ValueError):  # a builtin without a signature (builtins:dict): takes nothing we know
+            return False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -134,10 +137,9 @@ def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
 
 
 def _build(spec: ModelSpec, num_classes: int, options: dict[str, Any]) -> nn.Module:
-    model = spec.build(num_classes=num_classes, **options)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {spec.name} returned {type(model).__name__}, not an nn.Module")
-    return model
+    from ..checks import build_model_checked
+
+    return build_model_checked(spec.build, spec.name, num_classes, options)
 
 
 def model_options(cfg: Any, image_size: int = 32) -> dict[str, Any]:
