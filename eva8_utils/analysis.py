@@ -217,7 +217,7 @@ class Analysis:
         exp, cfg = self.exp, self.cfg
         values: dict[str, Any] = dict(extra)
         if self.result.get("final") is not None:
-            from .rundir import final_metrics
+            from .runfiles import final_metrics
 
             values.update(final_metrics(self.result, cfg.tta))
         notes = []

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .config import CAM_SMOOTH, one_of
+from .checks import check_model, get_layer, layer_names  # noqa: F401  (re-exported)
 from .errors import ConfigError, UserError
 
 # name -> class name in pytorch_grad_cam
@@ -44,21 +45,6 @@ def _cam_class(method: str):
     except ImportError:
         raise UserError("CAMs need pytorch-grad-cam: pip install grad-cam") from None
     return getattr(pytorch_grad_cam, CAM_METHODS[method])
-
-
-def layer_names(model: nn.Module, depth: int = 2) -> list[str]:
-    """Dotted names of the model's modules up to ``depth`` levels (for error messages)."""
-    return [n for n, _ in model.named_modules() if n and n.count(".") < depth]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """``model.get_submodule(name)`` with an error that lists valid names."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = layer_names(model)
-        shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
-        raise ConfigError(f"--cam-layer {name!r} is not a layer of this model; valid names include: {shown}") from None
 
 
 @torch.no_grad()
@@ -141,7 +127,6 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: Sequence[int] 
     if reshape_transform is None:
         reshape_transform = getattr(model, "cam_reshape", None)
     if len(images):
-        from .checks import check_model
 
         check_model(model, images[:1].to(next(model.parameters()).device), None, cam_layer=layer,
                     reshape_transform=reshape_transform)  # a map of at least 5x5, before any hook is set

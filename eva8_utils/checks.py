@@ -30,6 +30,22 @@ MIN_CAM_SIZE = 5  # a CAM on a smaller map says little about where the evidence 
 # ---------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------
+
+def layer_names(model: nn.Module, depth: int = 2) -> list[str]:
+    """Dotted names of the model's modules up to ``depth`` levels (for error messages)."""
+    return [n for n, _ in model.named_modules() if n and n.count(".") < depth]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` with an error that lists valid names."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = layer_names(model)
+        shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+        raise ConfigError(f"--cam-layer {name!r} is not a layer of this model; valid names include: {shown}") from None
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
     try:
@@ -100,8 +116,6 @@ def check_model(model: nn.Module, images: torch.Tensor, num_classes: int | None,
     Raises:
         ConfigError: naming the model or layer, what it gave and what is needed.
     """
-    from .cam import get_layer
-
     reshape_transform = reshape_transform or getattr(model, "cam_reshape", None)
 
     captured: list = []

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -360,6 +360,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         if not cond:
             raise ConfigError(f"{flag(name)} must be {what}, got {getattr(cfg, name)!r}")
 
+    _check_optimisation_ranges(cfg, need)
+    _check_data_and_run_ranges(cfg, need)
+
+
+def _check_optimisation_ranges(cfg: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
     need(cfg.epochs >= 1, "epochs", ">= 1")
     need(cfg.batch_size >= 1, "batch_size", ">= 1")
     if not cfg.lr_is_auto:
@@ -387,6 +392,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(0 <= cfg.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}] (2**32 - 1)")
     need(cfg.log_every >= 1, "log_every", ">= 1")
     need(cfg.checkpoint_minutes >= 0, "checkpoint_minutes", ">= 0 (0 = only at the end of each epoch)")
+
+
+def _check_data_and_run_ranges(cfg: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
     need(cfg.image_size == 0 or cfg.image_size >= 8, "image_size", "0 (keep) or >= 8")
     need(cfg.shapes_train >= 10, "shapes_train", ">= 10")
     need(cfg.shapes_test >= 1, "shapes_test", ">= 1")

@@ -37,7 +37,7 @@ from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, Callback, D
                      ScheduleSettings, choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
 from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
-from .rundir import final_metrics
+from .runfiles import final_metrics
 from .utils import device_description, get_device, model_summary, seed_everything
 
 logger = logging.getLogger("eva8_utils")
