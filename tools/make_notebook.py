@@ -25,8 +25,8 @@ On Colab: choose a GPU runtime (Runtime > Change runtime type), then Runtime > R
 from its last checkpoint** (checkpoints are written at the end of every epoch and every 10 minutes inside one).
 A finished run is shown again without retraining; set `OVERWRITE = True` to start it over.
 
-The outputs saved in this file show the README's headline run (the `fast` recipe on a CIFAR-10 JPEG copy, on a
-2-core CPU), opened with `papermill S7.ipynb S7.ipynb -p DATASET folder -p DATA_DIR data/cifar10-jpeg -p RECIPE fast
+The outputs saved in this file are a run of the `fast` recipe on the CIFAR-10 JPEG copy on a 2-core CPU (the
+default, ResNet18, wants a GPU), made with `papermill S7.ipynb S7.ipynb -p DATASET folder -p DATA_DIR data/cifar10-jpeg -p RECIPE fast
 -p RUN_DIR runs/readme-fast` (then `python tools/make_notebook.py --clean`); Run all replaces them with your own run."""))
 cells.append(code("""# Install the package when it is not importable: on Colab from GitHub (set REPO_URL to your
 # fork), inside a checkout (local Jupyter, CI) the checkout itself is used. torch is never pinned.
@@ -52,6 +52,8 @@ NORM = "batch"               # batch | group | layer
 EMA = 0.0                    # e.g. 0.999: also evaluate an exponential moving average of the weights
 MIXUP = 0.0                  # MixUp alpha (0: off)
 CUTMIX = 0.0                 # CutMix alpha (0: off)
+TRAIN_TRANSFORM = ""         # your per-image pipeline, "module:callable" (e.g. an A.Compose in mytransforms.py)
+TEST_TRANSFORM = ""          # ... for the test split ("": the images as they are, normalised)
 RUN_LR_FINDER = False
 CAM_METHOD = "gradcam"       # gradcam | gradcam++ | xgradcam | layercam | eigencam | scorecam
 CAM_LAYER = ""               # empty: the model's default layer (a map of at least 7x7)
@@ -79,7 +81,8 @@ one_line_errors()  # a mistake in the parameters: one line that says what to do,
 cfg = E.build_config(flags=dict(
     recipe=RECIPE, dataset=DATASET, data_dir=DATA_DIR, model=MODEL, epochs=EPOCHS, batch_size=BATCH_SIZE,
     lr=MAX_LR, seed=SEED, norm=NORM, ema=EMA, mixup=MIXUP, cutmix=CUTMIX, cam_method=CAM_METHOD,
-    cam_layer=CAM_LAYER, num_images=NUM_IMAGES, lr_find=RUN_LR_FINDER, tensorboard=TENSORBOARD, **EXTRA))
+    cam_layer=CAM_LAYER, num_images=NUM_IMAGES, lr_find=RUN_LR_FINDER, tensorboard=TENSORBOARD,
+    train_transform=TRAIN_TRANSFORM, test_transform=TEST_TRANSFORM, **EXTRA))
 run = E.RunDir(run_folder(RUN_DIR, USE_DRIVE))
 cfg = run.open_for(cfg, overwrite=OVERWRITE)   # never replaces a run silently
 print("run folder:", run.path, "|", run.mode)
@@ -88,11 +91,12 @@ print(f"recipe: {cfg.recipe or 'none'} | model {cfg.model} | {cfg.epochs} epochs
 exp = E.Experiment(cfg)
 print("eva8_utils", E.__version__, "| device:", E.utils.device_description(exp.device))
 print("precision:", exp.precision.describe())"""))
-cells.append(md("## Data: uint8 on the device, augmented per batch there"))
+cells.append(md("## Data: uint8 on the device, augmented per batch there (or your own pipeline in DataLoader workers)"))
 cells.append(code("""splits = exp.load_data()
 print(f"{splits.name}: {len(splits.y_train)} train / {len(splits.y_test)} test images, "
       f"{splits.image_size}x{splits.image_size}, classes {splits.classes}")
 print("per-channel mean", [round(v, 4) for v in splits.mean], "std", [round(v, 4) for v in splits.std])
+print(exp.train_loader.description)
 exp.train_loader.set_epoch(1)
 x, y = next(iter(exp.train_loader))
 display(viz.plot_samples(x[:32].cpu(), (y.argmax(1) if y.dim() == 2 else y)[:32].cpu(), splits.classes,
