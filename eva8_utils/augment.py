@@ -35,6 +35,8 @@ class AugmentConfig:
     flip: str = "random"           # random (p = 0.5 per sample) | alternate (see DeviceLoader) | none
     cutout: int = 16               # side of the cutout square in pixels (0 = off)
     cutout_p: float = 1.0          # probability of cutout per sample
+    cutout_holes: int = 1          # squares per sample (albumentations' CoarseDropout: num_holes)
+    cutout_min: int = 0            # > 0: each square's side is drawn from [cutout_min, cutout] per hole
     affine_p: float = 0.0          # probability of shift/scale/rotate per sample
     affine_shift: float = 0.0625   # max shift, fraction of the side
     affine_scale: float = 0.1      # max relative zoom
@@ -106,9 +108,12 @@ def sample_params(n: int, aug: AugmentConfig, size: tuple[int, int],
     if aug.flip == "random":
         p["flip"] = torch.rand(n, generator=g) < 0.5
     if aug.cutout > 0:
+        holes = (n,) if aug.cutout_holes == 1 else (n, aug.cutout_holes)
         p["cutout"] = torch.rand(n, generator=g) < aug.cutout_p
-        p["cut_y"] = torch.randint(0, h, (n,), generator=g)
-        p["cut_x"] = torch.randint(0, w, (n,), generator=g)
+        p["cut_y"] = torch.randint(0, h, holes, generator=g)
+        p["cut_x"] = torch.randint(0, w, holes, generator=g)
+        if aug.cutout_min > 0:
+            p["cut_size"] = torch.randint(aug.cutout_min, aug.cutout + 1, holes, generator=g)
     return p
 
 
@@ -220,26 +225,28 @@ def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(_bcast(mask), x.flip(3), x)
 
 
-def cutout_mask(shape: tuple[int, int, int, int], size: int, center_y: torch.Tensor,
+def cutout_mask(shape: tuple[int, int, int, int], size: int | torch.Tensor, center_y: torch.Tensor,
                 center_x: torch.Tensor, apply_mask: torch.Tensor) -> torch.Tensor:
-    """Boolean (B,1,H,W) mask of one ``size`` x ``size`` square per applied sample.
+    """Boolean (B,1,H,W) mask of the squares of the applied samples.
 
-    The square spans rows ``[cy - size//2, cy - size//2 + size)`` (same for columns),
-    clipped at the border.
+    ``center_y``/``center_x``: (B,) one square per sample, or (B, K) K squares; ``size``: one
+    side for all, or a side per square (same shape as the centres). A square spans rows
+    ``[cy - size//2, cy - size//2 + size)`` (same for columns), clipped at the border.
     """
     b, _, h, w = shape
     dev = center_y.device
-    y0 = (center_y - size // 2).view(b, 1, 1)
-    x0 = (center_x - size // 2).view(b, 1, 1)
-    ys = torch.arange(h, device=dev).view(1, h, 1)
-    xs = torch.arange(w, device=dev).view(1, 1, w)
-    m = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    side = (size if isinstance(size, torch.Tensor) else torch.full_like(center_y, size)).view(b, -1, 1, 1)
+    y0 = center_y.view(b, -1, 1, 1) - side // 2
+    x0 = center_x.view(b, -1, 1, 1) - side // 2
+    ys = torch.arange(h, device=dev).view(1, 1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, 1, w)
+    m = ((ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)).any(1)
     return (m & apply_mask.view(b, 1, 1)).unsqueeze(1)
 
 
-def cutout(x: torch.Tensor, size: int, center_y: torch.Tensor, center_x: torch.Tensor,
+def cutout(x: torch.Tensor, size: int | torch.Tensor, center_y: torch.Tensor, center_x: torch.Tensor,
            apply_mask: torch.Tensor) -> torch.Tensor:
-    """Zero one (clipped) ``size`` x ``size`` square per applied sample."""
+    """Fill the (clipped) squares of each applied sample with 0, the dataset mean of normalised images."""
     return x.masked_fill(cutout_mask(tuple(x.shape), size, center_y, center_x, apply_mask), 0)
 
 
@@ -264,7 +271,7 @@ def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: Augme
     if "flip" in params:
         x = hflip(x, params["flip"])
     if "cutout" in params:
-        x = cutout(x, aug.cutout, params["cut_y"], params["cut_x"], params["cutout"])
+        x = cutout(x, params.get("cut_size", aug.cutout), params["cut_y"], params["cut_x"], params["cutout"])
     return x
 
 

@@ -135,6 +135,9 @@ class TrainConfig:
                    choices=FLIP_MODES, group="augmentation")
     cutout: int = _f(16, "cutout square side in pixels, filled with the dataset mean (0 = off)", group="augmentation")
     cutout_p: float = _f(1.0, "probability of applying cutout to a sample", group="augmentation")
+    cutout_holes: int = _f(1, "cutout squares per sample (CoarseDropout's num_holes)", group="augmentation")
+    cutout_min: int = _f(0, "> 0: each cutout square's side is drawn per square from [--cutout-min, --cutout] "
+                            "(CoarseDropout's hole size range); 0 = always --cutout", group="augmentation")
     affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)", group="augmentation")
     affine_shift: float = _f(0.0625, "affine: max shift as a fraction of the image side", group="augmentation")
     affine_scale: float = _f(0.1, "affine: max relative scale change (0.1 = 0.9x..1.1x)", group="augmentation")
@@ -401,6 +404,8 @@ def _check_data_and_run_ranges(cfg: TrainConfig, need: Callable[[bool, str, str]
     need(cfg.train_subset >= 0, "train_subset", ">= 0 (0 = all)")
     need(cfg.crop_padding >= 0, "crop_padding", ">= 0 (0 = off)")
     need(cfg.cutout >= 0, "cutout", ">= 0 (0 = off)")
+    need(cfg.cutout_holes >= 1, "cutout_holes", ">= 1")
+    need(0 <= cfg.cutout_min <= cfg.cutout, "cutout_min", f">= 0 and at most --cutout ({cfg.cutout})")
     for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p", "mix_p"):
         need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")
     need(cfg.mixup >= 0, "mixup", ">= 0 (0 = off)")

@@ -189,7 +189,7 @@ class DeviceLoader:
             x = A.crop_flip_u8(x_u8, a.crop_padding, params.get("crop_y"), params.get("crop_x"), params.get("flip"))
             x = x.float().mul_(self._scale).sub_(self._shift)
             if "cutout" in params:
-                x = A.cutout(x, a.cutout, params["cut_y"], params["cut_x"], params["cutout"])
+                x = A.cutout(x, params.get("cut_size", a.cutout), params["cut_y"], params["cut_x"], params["cutout"])
         elif a is not None and params:
             if a.colour:
                 x = A.apply_colour(x_u8.float().div_(255), params)

@@ -277,3 +277,37 @@ def test_crop_flip_u8_reflects_at_both_edges_like_torch_pad():
     got = A.crop_flip_u8(x, 2, oy, ox, flip)
     assert got.dtype == torch.uint8 and torch.equal(got.float(), want)
     assert got[1, 0, 0, 0] == x[1, 0, 2, 2]  # offsets (4, 0) with padding 2: up-left corner reflected
+
+
+def test_several_cutout_holes_of_drawn_sizes_are_drawn_per_sample_and_per_hole():
+    """CoarseDropout's shape on the fast path: --cutout-holes squares per image, each side drawn
+    from [--cutout-min, --cutout] per square, centres per square; the fill is the mean (0)."""
+    n, k = 400, 3
+    aug = A.AugmentConfig(crop_padding=0, flip="none", cutout=12, cutout_min=4, cutout_holes=k)
+    g = torch.Generator().manual_seed(0)
+    p = A.sample_params(n, aug, (32, 32), g)
+    assert p["cut_y"].shape == p["cut_x"].shape == p["cut_size"].shape == (n, k)
+    sizes = p["cut_size"].flatten()
+    assert sizes.min() == 4 and sizes.max() == 12 and len(sizes.unique()) == 9  # the whole range, both ends
+    assert abs(sizes.float().mean().item() - 8.0) < 0.3
+    assert (p["cut_size"][:, 0] != p["cut_size"][:, 1]).float().mean() > 0.8  # per hole, not per image
+    assert (p["cut_y"][:, 0] != p["cut_y"][:, 1]).float().mean() > 0.9
+    x = torch.ones(n, 3, 32, 32)
+    out = A.apply_geometric(x, p, aug)
+    zeroed = (out[:, 0] == 0).flatten(1).sum(1)
+    assert zeroed.max() > 12 * 12 and zeroed.max() <= 3 * 12 * 12  # holes add up, never more than k squares
+    one = A.cutout_mask((n, 3, 32, 32), p["cut_size"][:, :1], p["cut_y"][:, :1], p["cut_x"][:, :1],
+                        torch.ones(n, dtype=torch.bool))
+    assert (zeroed >= one.flatten(1).sum(1)).all()  # a second and third hole only add pixels
+    assert torch.equal(out[out != 0], torch.ones_like(out[out != 0]))
+
+
+def test_one_cutout_hole_of_fixed_size_draws_what_it_always_drew():
+    """The default cutout's draws (and so every seeded run) do not depend on the hole options."""
+    aug = A.AugmentConfig(crop_padding=0, flip="none", cutout=16)
+    p = A.sample_params(50, aug, (32, 32), torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    applied, ys, xs = torch.rand(50, generator=g) < 1.0, torch.randint(0, 32, (50,), generator=g), \
+        torch.randint(0, 32, (50,), generator=g)
+    assert torch.equal(p["cut_y"], ys) and torch.equal(p["cut_x"], xs) and "cut_size" not in p
+    assert torch.equal(p["cutout"], applied)
