@@ -239,7 +239,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, Sequence[Any]], out: str | Path
 # Command line
 # ---------------------------------------------------------------------------------------
 def compare_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser
 
     p = Parser(prog="eva8 compare", description="Compare run folders: curves of all runs together, a table "
                "(markdown and CSV) with the settings that differ, one misclassified grid per run.")
@@ -255,7 +255,7 @@ def compare_cli(argv: Sequence[str]) -> int:
 
 def sweep_cli(argv: Sequence[str]) -> int:
     from .config import load_yaml
-    from .main import Parser, StopRequest, add_config_flags
+    from .cli import Parser, StopRequest, add_config_flags
 
     import argparse
 

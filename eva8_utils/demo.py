@@ -214,7 +214,7 @@ def _user_modules(ref: dict[str, Any]) -> list[Path]:
 
 
 def demo_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser
 
     p = Parser(prog="eva8 demo", description="A local web app for a checkpoint: upload an image, see the top-k "
                "classes and the CAM overlay. Needs Gradio: pip install \"eva8_utils[demo]\".")

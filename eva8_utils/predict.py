@@ -147,7 +147,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def predict_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser
     from .rundir import save_figure
     from .viz import plot_cam_overlay
 
