@@ -98,6 +98,19 @@ def flag_table() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+TRUST_HELP = ("the checkpoint's model, when it is code outside eva8_utils (package.module:callable): naming it "
+              "trusts that code to run; see docs/checkpoints.md")
+
+
+def add_trust_flags(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--import``: the code outside eva8_utils that the user trusts a
+    checkpoint to run (one refused otherwise)."""
+    p.add_argument("--model", metavar="MODULE:CALLABLE", default=None, help=TRUST_HELP)
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module the checkpoint's model needs imported (e.g. one that registers it); naming it "
+                        "trusts it to run; repeat for several")
+
+
 # ---------------------------------------------------------------------------------------
 # Interrupts: the first Ctrl-C / SIGTERM stops at the next batch boundary.
 # ---------------------------------------------------------------------------------------

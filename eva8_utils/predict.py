@@ -1,6 +1,10 @@
 """Predictions on new images with a trained checkpoint.
 
     eva8 predict --checkpoint RUN/checkpoints/best.pt cat.jpg photos/ [--topk 3] [--cam] [--out DIR]
+    eva8 predict --checkpoint shared.pt --model mymodels:MyNet cat.jpg   # a model of your own code
+
+A checkpoint whose model is code outside eva8_utils is refused unless ``--model`` /
+``--import`` name that code (docs/checkpoints.md).
 
 prints a table (file, top-k classes with probabilities), writes ``DIR/predictions.csv``
 and, with ``--cam``, one CAM overlay PNG per image for its top class in ``DIR/cam/``.
@@ -53,9 +57,9 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))  # a file named twice (also through its folder) is classified once
 
 
-def _resolve(model_or_checkpoint, classes, mean, std, image_size, device):
+def _resolve(model_or_checkpoint, classes, mean, std, image_size, device, trust):
     if isinstance(model_or_checkpoint, (str, Path)):
-        model, ckpt = load_model(model_or_checkpoint, map_location=device)
+        model, ckpt = load_model(model_or_checkpoint, trust["model"], device, imports=trust["imports"])
     elif isinstance(model_or_checkpoint, tuple):
         model, ckpt = model_or_checkpoint
     else:
@@ -75,7 +79,8 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
                    device: torch.device | str | None = None, cam: bool = False, cam_method: str = "gradcam",
                    cam_layer: str | None = None, classes: Sequence[str] | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   image_size: int | None = None, batch_size: int = 256) -> list[dict[str, Any]]:
+                   image_size: int | None = None, batch_size: int = 256, model: str | None = None,
+                   imports: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Classify image files.
 
     Args:
@@ -87,6 +92,8 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
         device: where to run (default: the best available).
         cam: also compute a CAM for each image's top class (``cam_method`` at
             ``cam_layer``, default: the model's layer of at least 7x7).
+        model, imports: for a checkpoint path whose model is code outside eva8_utils:
+            that code, named to trust it (as in :func:`~eva8_utils.checkpoint.load_model`).
 
     Returns:
         One dict per image: ``file``, ``top`` (list of (class, probability), best first),
@@ -94,9 +101,12 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
 
     Raises:
         DataError: a missing or unreadable file (named).
+        UntrustedCodeError: the checkpoint names code that ``model``/``imports`` do not.
     """
     device = torch.device(device) if device is not None else get_device("auto")
-    model, ckpt, classes, mean, std, size = _resolve(model_or_checkpoint, classes, mean, std, image_size, device)
+    trust = {"model": model, "imports": imports}
+    model, ckpt, classes, mean, std, size = _resolve(model_or_checkpoint, classes, mean, std, image_size, device,
+                                                     trust)
     files = image_files(paths)
     images = np.stack([decode_image(f, size) for f in files])                  # (N, H, W, 3) uint8
     x_all = normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), mean, std)
@@ -112,14 +122,12 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
     if cam:
         from .cam import compute_cams, default_cam_layer
 
-        ref = ckpt.get("model_ref") or {}
+        from .models import cam_reshape_of
+
+        ref = ckpt.get("model_ref") if isinstance(ckpt.get("model_ref"), dict) else {}
         layer = cam_layer or default_cam_layer(model, size)
         top = [classes.index(r["top"][0][0]) for r in rows]
-        reshape = getattr(model, "cam_reshape", None)
-        if reshape is None and ref.get("model"):
-            from .models import get_spec
-
-            reshape = get_spec(ref["model"]).reshape_transform
+        reshape = cam_reshape_of(model, ref.get("model") if isinstance(ref.get("model"), str) else None)
         maps = compute_cams(model, x_all.to(device), top, method=cam_method, layer=layer, reshape_transform=reshape)
         for r, m, img in zip(rows, maps, images):
             r["cam"], r["image"], r["cam_layer"] = m, img.astype(np.float32) / 255.0, layer
@@ -147,7 +155,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def predict_cli(argv: Sequence[str]) -> int:
-    from .cli import Parser
+    from .cli import Parser, add_trust_flags
     from .rundir import save_figure
     from .viz import plot_cam_overlay
 
@@ -161,11 +169,12 @@ def predict_cli(argv: Sequence[str]) -> int:
     p.add_argument("--cam-method", default="gradcam", help="CAM method (default: gradcam)")
     p.add_argument("--cam-layer", default=None, help="dotted layer name (default: the model's default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    add_trust_flags(p)
     a = p.parse_args(argv)
     if a.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {a.topk}")
     rows = predict_images(a.checkpoint, a.paths, topk=a.topk, device=get_device(a.device), cam=a.cam,
-                          cam_method=a.cam_method, cam_layer=a.cam_layer)
+                          cam_method=a.cam_method, cam_layer=a.cam_layer, model=a.model, imports=a.imports)
     out = Path(a.out)
     # Everything is computed: now write (atomically, file by file).
     figures = {}
