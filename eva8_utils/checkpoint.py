@@ -160,7 +160,7 @@ def trusted_reference(ckpt: dict[str, Any], path: str | Path = "checkpoint", mod
     ref = _claimed_reference(ckpt, path)
     name, wanted = ref["model"], ref["imports"]
     if model is not None and model != name:
-        raise CheckpointError(f"{path} holds a {name}, not a {model}; drop --model or give --model {name}")
+        raise CheckpointError(f"{path} holds the model {name}, not {model}; drop --model or give --model {name}")
     outside = ([f"--model {name}"] if ":" in name and model != name else []) + \
               [f"--import {m}" for m in wanted if m not in imports]
     if outside:

@@ -48,6 +48,7 @@ EXAMPLES = """examples:
   eva8 sweep --out runs/norms --norm batch group layer --dataset shapes --model fastnet --epochs 3
   eva8 compare runs/a runs/b --labels A B --out runs/compare
   eva8 predict --checkpoint runs/r18/checkpoints/best.pt cat.jpg photos/ --cam
+  eva8 predict --checkpoint shared.pt --model mymodels:MyNet cat.jpg  # your code, named: see docs/checkpoints.md
   eva8 demo --checkpoint runs/r18/checkpoints/best.pt
 """
 

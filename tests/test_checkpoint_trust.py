@@ -171,7 +171,7 @@ def test_demo_export_refuses_both_attacks_and_writes_no_space(tmp_path, code_dir
 
 def test_naming_other_code_than_the_file_is_refused(tmp_path, code_dir):
     path, marker = hub_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match="holds a torch.hub:load, not a own_nets:Small"):
+    with pytest.raises(CheckpointError, match="holds the model torch.hub:load, not own_nets:Small"):
         load_model(path, model="own_nets:Small")
     with pytest.raises(UserError, match="not a module name"):
         load_model(registered_checkpoint(tmp_path), imports=["../evil"])
