@@ -205,9 +205,11 @@ def _claimed_reference(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]
     if not isinstance(ref, dict) or not isinstance(ref.get("model"), str) or not ref["model"]:
         raise CheckpointError(f"{path} has a malformed model reference (no model name); use another checkpoint")
     name, imports, options = ref["model"], ref.get("imports") or [], ref.get("options")
+    if len(name) > 200 or not name.isprintable() or " " in name:
+        raise CheckpointError(f"{path} names the model {name[:80]!r}, which is not a model name; refused")
     if ":" in name and not _is_reference(name):
         raise CheckpointError(f"{path} names the model {name[:80]!r}, which is not package.module:callable; refused")
-    if not isinstance(imports, (list, tuple)):
+    if not isinstance(imports, (list, tuple)) or len(imports) > 100:
         raise CheckpointError(f"{path} has a malformed list of imports; use another checkpoint")
     for m in imports:
         _check_module_name(m, "import", path)

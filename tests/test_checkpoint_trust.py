@@ -190,6 +190,12 @@ def test_module_names_that_are_not_dotted_names_are_refused(tmp_path):
                            "model_ref": {"model": "os.path:join(1)", "options": {}, "imports": []}, **META})
     with pytest.raises(CheckpointError, match="not package.module:callable"):
         load_model(path)
+    for odd in ("fast\nnet", "x" * 300):
+        save_checkpoint(path, {"model": model.state_dict(), "model_name": "x",
+                               "model_ref": {"model": odd, "options": {}, "imports": []}, **META})
+        with pytest.raises(CheckpointError, match="not a model name") as e:
+            load_model(path)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
 # --------------------------------------------------------------------------- options are data
