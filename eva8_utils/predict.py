@@ -57,9 +57,9 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))  # a file named twice (also through its folder) is classified once
 
 
-def _resolve(model_or_checkpoint, classes, mean, std, image_size, device, trust):
+def _resolve(model_or_checkpoint, classes, mean, std, image_size, device):
     if isinstance(model_or_checkpoint, (str, Path)):
-        model, ckpt = load_model(model_or_checkpoint, trust["model"], device, imports=trust["imports"])
+        model, ckpt = load_model(model_or_checkpoint, map_location=device)
     elif isinstance(model_or_checkpoint, tuple):
         model, ckpt = model_or_checkpoint
     else:
@@ -79,21 +79,20 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
                    device: torch.device | str | None = None, cam: bool = False, cam_method: str = "gradcam",
                    cam_layer: str | None = None, classes: Sequence[str] | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   image_size: int | None = None, batch_size: int = 256, model: str | None = None,
-                   imports: Sequence[str] = ()) -> list[dict[str, Any]]:
+                   image_size: int | None = None, batch_size: int = 256) -> list[dict[str, Any]]:
     """Classify image files.
 
     Args:
         model_or_checkpoint: a checkpoint path, the ``(model, checkpoint)`` pair of
             :func:`~eva8_utils.checkpoint.load_model`, or an nn.Module (then give
-            ``classes``, ``mean``, ``std`` and ``image_size``).
+            ``classes``, ``mean``, ``std`` and ``image_size``). A checkpoint of a model
+            that is code outside eva8_utils: load it naming that code,
+            ``predict_images(load_model(path, model="mymodels:MyNet"), paths)``.
         paths: image files and/or folders (searched recursively).
         topk: how many classes per image.
         device: where to run (default: the best available).
         cam: also compute a CAM for each image's top class (``cam_method`` at
             ``cam_layer``, default: the model's layer of at least 7x7).
-        model, imports: for a checkpoint path whose model is code outside eva8_utils:
-            that code, named to trust it (as in :func:`~eva8_utils.checkpoint.load_model`).
 
     Returns:
         One dict per image: ``file``, ``top`` (list of (class, probability), best first),
@@ -101,12 +100,10 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
 
     Raises:
         DataError: a missing or unreadable file (named).
-        UntrustedCodeError: the checkpoint names code that ``model``/``imports`` do not.
+        UntrustedCodeError: a checkpoint path whose model is code outside eva8_utils.
     """
     device = torch.device(device) if device is not None else get_device("auto")
-    trust = {"model": model, "imports": imports}
-    model, ckpt, classes, mean, std, size = _resolve(model_or_checkpoint, classes, mean, std, image_size, device,
-                                                     trust)
+    model, ckpt, classes, mean, std, size = _resolve(model_or_checkpoint, classes, mean, std, image_size, device)
     files = image_files(paths)
     images = np.stack([decode_image(f, size) for f in files])                  # (N, H, W, 3) uint8
     x_all = normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), mean, std)
@@ -173,8 +170,10 @@ def predict_cli(argv: Sequence[str]) -> int:
     a = p.parse_args(argv)
     if a.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {a.topk}")
-    rows = predict_images(a.checkpoint, a.paths, topk=a.topk, device=get_device(a.device), cam=a.cam,
-                          cam_method=a.cam_method, cam_layer=a.cam_layer, model=a.model, imports=a.imports)
+    device = get_device(a.device)
+    loaded = load_model(a.checkpoint, a.model, device, imports=a.imports)
+    rows = predict_images(loaded, a.paths, topk=a.topk, device=device, cam=a.cam, cam_method=a.cam_method,
+                          cam_layer=a.cam_layer)
     out = Path(a.out)
     # Everything is computed: now write (atomically, file by file).
     figures = {}

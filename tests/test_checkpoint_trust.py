@@ -241,7 +241,7 @@ def test_an_own_model_checkpoint_loads_only_when_the_code_is_named(tmp_path, cod
     assert type(model).__name__ == "Small" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     from eva8_utils.predict import predict_images
 
-    rows = predict_images(path, [images], model="own_nets:Small", device="cpu")
+    rows = predict_images(load_model(path, model="own_nets:Small"), [images], device="cpu")
     assert len(rows) == 2 and rows[0]["top"][0][0] in CLASSES
     with pytest.raises(UntrustedCodeError):
         predict_images(path, [images], device="cpu")
