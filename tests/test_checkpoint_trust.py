@@ -320,3 +320,21 @@ def test_a_truncated_file_is_called_corrupt_not_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(path)
+
+
+def test_compare_draws_no_grid_from_code_it_was_not_given(tmp_path, code_dir):
+    """A run folder without its misclassified grid: compare would rebuild the model from the
+    checkpoint; code the folder names runs only when named with --model/--import."""
+    import yaml
+
+    ckpt, marker = imports_checkpoint(tmp_path, code_dir)
+    run = tmp_path / "their_run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt.rename(run / "checkpoints" / "best.pt")
+    (run / "history.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr\n1,1.0,50.0,1.0,50.0,0.1\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "resnet18", "imports": ["evil_side"],
+                                                     "dataset": "shapes", "epochs": 1}))
+    proc = run_cli(["compare", run, "--out", tmp_path / "cmp"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "## Misclassified" not in (tmp_path / "cmp" / "compare.md").read_text()
+    assert not marker.exists() and "evil_side" not in sys.modules
