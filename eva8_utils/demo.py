@@ -22,7 +22,7 @@ import importlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
