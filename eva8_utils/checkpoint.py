@@ -35,11 +35,14 @@ logger = logging.getLogger("eva8_utils")
 
 FORMAT = "eva8_utils.checkpoint/1"
 
-# How torch words a weights_only refusal of a file that names code: torch >= 2.4 says
-# "Unsupported global" (later "unsupported GLOBAL"), torch 2.3 "Unsupported class"; every
-# version starts with "Weights only load failed".
-_REFUSAL_WORDING = ("unsupported global", "unsupported class", "weights only load failed", "weights_only",
-                    "unsupported operand")
+# How torch words a weights_only refusal of a file that names code (a global, a call, an
+# object): torch >= 2.4 says "Unsupported global: GLOBAL x" (later "unsupported GLOBAL x
+# whose module ... is blocked"), torch 2.3 "Unsupported class x"; a REDUCE/NEWOBJ of a
+# function or class not allowed is "Trying to call reduce ..." / "Trying to instantiate ...".
+# Every weights_only failure starts with "Weights only load failed", garbage included
+# ("Unsupported operand"), so that prefix alone means corrupt, not refused.
+_REFUSAL_WORDING = ("unsupported global", "unsupported class", "trying to call reduce", "trying to instantiate",
+                    "can only create new object", "can only build", "is blocked")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 MAX_CLASSES = 100_000
 

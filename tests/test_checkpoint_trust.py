@@ -338,3 +338,31 @@ def test_compare_draws_no_grid_from_code_it_was_not_given(tmp_path, code_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "## Misclassified" not in (tmp_path / "cmp" / "compare.md").read_text()
     assert not marker.exists() and "evil_side" not in sys.modules
+
+
+def test_garbage_is_corrupt_not_refused(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("wording", [
+    "Unsupported class posix.system",                                                   # torch 2.3
+    "Unsupported global: GLOBAL posix.system was not an allowed global by default.",   # torch 2.4-2.6
+    "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.",    # later
+    "Trying to call reduce for unrecognized function <built-in function system>",
+])
+def test_each_torch_wording_of_a_refusal_is_called_refused(tmp_path, monkeypatch, wording):
+    import pickle
+
+    path = registered_checkpoint(tmp_path)
+
+    def refuse(*a, **k):
+        raise pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+                                     f"`False` will likely succeed ...\nWeightsUnpickler error: {wording}\n")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match="refused") as e:
+        load_checkpoint(path)
+    assert "corrupt" not in str(e.value) and "\n" not in str(e.value)
