@@ -73,13 +73,17 @@ def _label_of(path: Path, used: set[str]) -> str:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
-                 out: str | Path | None = None) -> dict[str, Any]:
+                 out: str | Path | None = None, *, model: str | Sequence[str] | None = None,
+                 imports: Sequence[str] = ()) -> dict[str, Any]:
     """Compare run folders (finished or still running, of any lengths).
 
     Args:
         run_dirs: the run folders.
         labels: one name per run (default: the folder names).
         out: where to write compare.png, compare.md, compare.csv and the grids (None: nothing written).
+        model, imports: code outside eva8_utils that the runs' checkpoints may use, named to
+            trust it (one model or several), as in :func:`~eva8_utils.checkpoint.load_model`;
+            needed only to draw a grid a run folder lacks.
 
     Returns:
         dict with ``figure`` (the curves), ``rows`` (one dict per run), ``table`` (markdown),
@@ -105,7 +109,8 @@ def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = 
         row.update({k: cfg.get(k) for k in differing})
         rows.append(row)
     figure = viz.plot_compare([r["history"] for r in runs], labels)
-    grids = {label: misclassified_figure(r) for label, r in zip(labels, runs)}
+    models = [model] if isinstance(model, str) else list(model or [])
+    grids = {label: misclassified_figure(r, models, imports) for label, r in zip(labels, runs)}
     table = compare_markdown(rows, differing, labels, grids)
     if out is not None:
         out = Path(out)
@@ -120,8 +125,10 @@ def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = 
     return {"figure": figure, "rows": rows, "table": table, "misclassified": grids, "differing": differing}
 
 
-def misclassified_figure(r: dict[str, Any]) -> Figure | None:
-    """The run's misclassified grid: its saved picture, else made from its last checkpoint."""
+def misclassified_figure(r: dict[str, Any], models: Sequence[str] = (), imports: Sequence[str] = ()
+                         ) -> Figure | None:
+    """The run's misclassified grid: its saved picture, else made from its last checkpoint
+    (whose code outside eva8_utils runs only if ``models``/``imports`` name it)."""
     saved = r["path"] / "images" / "misclassified.png"
     if saved.is_file():
         return viz.image_figure(saved)
@@ -134,9 +141,10 @@ def misclassified_figure(r: dict[str, Any]) -> Figure | None:
     from .data import DeviceLoader, load_dataset
     from .engine import predict
 
+    named = r["config"].get("model") if r["config"].get("model") in models else None
     try:
-        model, meta = load_model(ckpt)
-    except Exception as e:  # a run of a model passed in directly, or a module that is gone
+        model, meta = load_model(ckpt, named, imports=imports)
+    except Exception as e:  # code not named, a model passed in directly, or a module that is gone
         logger.warning("no misclassified grid for %s: %s", r["path"], e)
         return None
     cfg = build_config(base=r["config"])
@@ -230,7 +238,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, Sequence[Any]], out: str | Path
             continue
         logger.info("sweep %d/%d: %s%s", i, len(configs), run.path, " (resuming)" if run.resuming else "")
         run_experiment(cfg, stop=stop)
-    result = compare_runs(dirs, [name for name, _ in configs], out)
+    result = compare_runs(dirs, [name for name, _ in configs], out, model=base.model, imports=base.imports)
     result["runs"] = dirs
     return result
 
@@ -239,15 +247,20 @@ def run_sweep(base: TrainConfig, grid: dict[str, Sequence[Any]], out: str | Path
 # Command line
 # ---------------------------------------------------------------------------------------
 def compare_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser
 
     p = Parser(prog="eva8 compare", description="Compare run folders: curves of all runs together, a table "
                "(markdown and CSV) with the settings that differ, one misclassified grid per run.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
     p.add_argument("--labels", nargs="+", help="one name per run (default: the folder names)")
     p.add_argument("--out", required=True, help="folder for compare.png, compare.md, compare.csv and the grids")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="MODULE:CALLABLE",
+                   help="a run's model that is code outside eva8_utils: naming it trusts it to run (needed only to "
+                        "draw a grid a run folder lacks); repeat for several")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module a run's model needs imported; naming it trusts it to run; repeat for several")
     a = p.parse_args(argv)
-    result = compare_runs(a.runs, a.labels, a.out)
+    result = compare_runs(a.runs, a.labels, a.out, model=a.models, imports=a.imports)
     print("\n".join(line for line in result["table"].splitlines() if line.startswith("|")))
     print(f"wrote {Path(a.out) / 'compare.md'}")
     return 0
@@ -255,7 +268,7 @@ def compare_cli(argv: Sequence[str]) -> int:
 
 def sweep_cli(argv: Sequence[str]) -> int:
     from .config import load_yaml
-    from .main import Parser, StopRequest, add_config_flags
+    from .cli import Parser, StopRequest, add_config_flags
 
     import argparse
 

@@ -2,6 +2,7 @@
 
     eva8 demo --checkpoint RUN/checkpoints/best.pt [--port 7860] [--share]
     eva8 demo --checkpoint RUN/checkpoints/best.pt --export my_space/
+    eva8 demo --checkpoint shared.pt --model mymodels:MyNet [--export my_space/]
 
 Upload an image: the app shows the top-k classes as bars and the CAM overlay of the top
 class, with controls for the CAM method, the layer and the overlay opacity. Images are
@@ -10,7 +11,9 @@ prepared as in training (RGB, resized to the checkpoint's size, its mean/std).
 Gradio is an optional dependency (``pip install "eva8_utils[demo]"``), imported only here.
 ``--export DIR`` writes a folder that runs as a Space (``app.py``, ``requirements.txt``,
 ``README.md`` with the Space settings, ``model.pt``, and a copy of this package, so the
-Space needs nothing from GitHub).
+Space needs nothing from GitHub). A checkpoint whose model is code outside eva8_utils is
+served or exported only when ``--model`` / ``--import`` name that code, and the Space gets
+copies of those single-file modules only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import importlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,18 +68,17 @@ def overlay(image: np.ndarray, cam: np.ndarray, opacity: float = 0.5, size: int 
 class Classifier:
     """A checkpoint ready to classify PIL images (what the app calls)."""
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | str | None = None, topk: int = 5):
+    def __init__(self, checkpoint: str | Path, device: torch.device | str | None = None, topk: int = 5, *,
+                 model: str | None = None, imports: Sequence[str] = ()):
         self.device = torch.device(device) if device is not None else get_device("auto")
-        self.model, ckpt = load_model(checkpoint, map_location=self.device)
+        self.model, ckpt = load_model(checkpoint, model, self.device, imports=imports)
         self.classes, self.mean, self.std = list(ckpt["classes"]), ckpt["mean"], ckpt["std"]
         self.size, self.topk = int(ckpt["image_size"]), max(1, min(int(topk), len(ckpt["classes"])))
         self.name = ckpt.get("model_name", "model")
-        ref = ckpt.get("model_ref") or {}
-        self.reshape = getattr(self.model, "cam_reshape", None)
-        if self.reshape is None and ref.get("model"):
-            from .models import get_spec
+        from .models import cam_reshape_of
 
-            self.reshape = get_spec(ref["model"]).reshape_transform
+        ref = ckpt.get("model_ref") if isinstance(ckpt.get("model_ref"), dict) else {}
+        self.reshape = cam_reshape_of(self.model, ref.get("model") if isinstance(ref.get("model"), str) else None)
         from .cam import default_cam_layer
 
         cfg = ckpt.get("config") or {}
@@ -106,12 +108,15 @@ class Classifier:
         return top, overlay(arr, cam, float(opacity))
 
 
-def build_app(checkpoint: str | Path, device: torch.device | str | None = None, topk: int = 5):
-    """The Gradio app (a ``gr.Blocks``) for a checkpoint; call ``.launch()`` on it."""
+def build_app(checkpoint: str | Path, device: torch.device | str | None = None, topk: int = 5, *,
+              model: str | None = None, imports: Sequence[str] = ()):
+    """The Gradio app (a ``gr.Blocks``) for a checkpoint; call ``.launch()`` on it.
+    ``model``/``imports`` name the checkpoint's code outside eva8_utils, as in
+    :func:`~eva8_utils.checkpoint.load_model`."""
     gr = _gradio()
     from .cam import CAM_METHODS
 
-    clf = Classifier(checkpoint, device, topk)
+    clf = Classifier(checkpoint, device, topk, model=model, imports=imports)
 
     def classify(image, method, layer, opacity):
         if image is None:
@@ -143,7 +148,7 @@ def build_app(checkpoint: str | Path, device: torch.device | str | None = None, 
 APP_PY = '''"""A Hugging Face Space (Gradio) for {name}, written by `eva8 demo --export`."""
 from eva8_utils.demo import build_app
 
-app = build_app("model.pt", device="cpu", topk={topk})
+app = build_app("model.pt", device="cpu", topk={topk}, model={model!r}, imports={imports!r})
 
 if __name__ == "__main__":
     app.launch()
@@ -161,20 +166,30 @@ the package that trained it.
 """
 
 
-def export_space(checkpoint: str | Path, out: str | Path, topk: int = 5) -> Path:
+def export_space(checkpoint: str | Path, out: str | Path, topk: int = 5, *, model: str | None = None,
+                 imports: Sequence[str] = ()) -> Path:
     """Write a folder that runs as a Hugging Face Space (Gradio SDK).
 
+    ``model``/``imports`` name the checkpoint's code outside eva8_utils (as in
+    :func:`~eva8_utils.checkpoint.load_model`); the Space gets copies of those
+    single-file modules, and of no others.
+
     Raises:
-        UserError: the checkpoint cannot be loaded, or ``out`` exists and is not empty.
+        UserError: the checkpoint cannot be loaded (or names code not named here), or
+            ``out`` exists and is not empty.
     """
+    from .checkpoint import trusted_reference
+
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("model_ref") is None:
         raise ConfigError(f"{checkpoint} holds a model that was passed in directly; a Space must rebuild it: "
                           f"register the model or train it with --model package.module:callable")
-    load_model(checkpoint)  # the model must rebuild before anything is written
+    ref = trusted_reference(ckpt, checkpoint, model, imports)  # refuses code not named, imports nothing
+    load_model(checkpoint, model, imports=imports)  # the model must rebuild before anything is written
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--export {out} exists and is not an empty folder; give a new folder")
+    trusted = list(ref["imports"]) + ([ref["model"].split(":", 1)[0]] if ":" in ref["model"] else [])
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -183,9 +198,11 @@ def export_space(checkpoint: str | Path, out: str | Path, topk: int = 5) -> Path
         shutil.copy2(checkpoint, tmp / "model.pt")
         pkg = Path(__file__).resolve().parent
         shutil.copytree(pkg, tmp / "eva8_utils", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for module in _user_modules(ckpt["model_ref"]):
+        for module in _user_modules(trusted):
             shutil.copy2(module, tmp / module.name)
-        (tmp / "app.py").write_text(APP_PY.format(name=name, topk=topk), encoding="utf-8")
+        app = APP_PY.format(name=name, topk=topk, model=ref["model"] if ":" in ref["model"] else None,
+                            imports=list(ref["imports"]))
+        (tmp / "app.py").write_text(app, encoding="utf-8")
         (tmp / "requirements.txt").write_text("\n".join(SPACE_REQUIREMENTS) + "\n", encoding="utf-8")
         classes = ", ".join(ckpt["classes"][:10]) + (", ..." if len(ckpt["classes"]) > 10 else "")
         (tmp / "README.md").write_text(SPACE_README.format(name=name, n=len(ckpt["classes"]), classes=classes),
@@ -199,14 +216,14 @@ def export_space(checkpoint: str | Path, out: str | Path, topk: int = 5) -> Path
     return out
 
 
-def _user_modules(ref: dict[str, Any]) -> list[Path]:
-    """Single-file modules (outside this package) that the model's reference imports."""
-    names = list(ref.get("imports") or [])
-    if ":" in ref.get("model", ""):
-        names.append(ref["model"].split(":", 1)[0])
+def _user_modules(names: Sequence[str]) -> list[Path]:
+    """The single-file modules (outside this package) among ``names``: modules the user
+    named and :func:`~eva8_utils.checkpoint.load_model` has imported already."""
+    import sys
+
     files = []
-    for name in names:
-        mod = importlib.import_module(name)
+    for name in dict.fromkeys(names):
+        mod = sys.modules.get(name) or importlib.import_module(name)
         f = Path(getattr(mod, "__file__", "") or "")
         if f.suffix == ".py" and f.name != "__init__.py" and "eva8_utils" not in f.parts and "." not in name:
             files.append(f)
@@ -214,7 +231,7 @@ def _user_modules(ref: dict[str, Any]) -> list[Path]:
 
 
 def demo_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser, add_trust_flags
 
     p = Parser(prog="eva8 demo", description="A local web app for a checkpoint: upload an image, see the top-k "
                "classes and the CAM overlay. Needs Gradio: pip install \"eva8_utils[demo]\".")
@@ -225,12 +242,13 @@ def demo_cli(argv: Sequence[str]) -> int:
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    add_trust_flags(p)
     a = p.parse_args(argv)
     if a.export:
-        out = export_space(a.checkpoint, a.export, a.topk)
+        out = export_space(a.checkpoint, a.export, a.topk, model=a.model, imports=a.imports)
         print(f"wrote a Hugging Face Space to {out}: app.py, requirements.txt, README.md, model.pt, eva8_utils/")
         return 0
-    app = build_app(a.checkpoint, get_device(a.device), a.topk)
+    app = build_app(a.checkpoint, get_device(a.device), a.topk, model=a.model, imports=a.imports)
     app.launch(server_name=a.host, server_port=a.port, share=a.share)
     return 0
 

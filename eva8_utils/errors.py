@@ -28,6 +28,10 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, unsafe or made for another model."""
 
 
+class UntrustedCodeError(CheckpointError):
+    """A checkpoint whose model is built by code outside eva8_utils that the caller did not name."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 

@@ -16,17 +16,13 @@ code 2, before anything is written; a non-finite loss exits with 3, Ctrl-C with 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
-import signal
 import sys
-import threading
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from . import distributed as D
-from .config import GROUPS, TrainConfig, build_config, field_meta, flag, load_yaml
+from .cli import Parser, StopRequest, add_config_flags, field_help, flag_table  # noqa: F401 (also used from here)
+from .config import TrainConfig, build_config, load_yaml
 from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted, UserError
 from .utils import setup_logging
 
@@ -52,89 +48,14 @@ EXAMPLES = """examples:
   eva8 sweep --out runs/norms --norm batch group layer --dataset shapes --model fastnet --epochs 3
   eva8 compare runs/a runs/b --labels A B --out runs/compare
   eva8 predict --checkpoint runs/r18/checkpoints/best.pt cat.jpg photos/ --cam
+  eva8 predict --checkpoint shared.pt --model mymodels:MyNet cat.jpg  # your code, named: see docs/checkpoints.md
   eva8 demo --checkpoint runs/r18/checkpoints/best.pt
 """
 
 
 # ---------------------------------------------------------------------------------------
-# Parsers
+# The training parser (its pieces live in cli.py, shared with the subcommands)
 # ---------------------------------------------------------------------------------------
-class Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
-def _lr_type(text: str) -> Any:
-    if text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid LR {text!r}: give a number or 'auto'") from None
-
-
-def field_help(name: str) -> str:
-    """A field's help text with its choices (from the field or its registry) and default."""
-    from .experiment import choices
-
-    meta = field_meta(name)
-    text = meta["help"]
-    listed = choices(name)
-    if listed:
-        text += ": " + " | ".join(listed)
-    default = getattr(TrainConfig(), name)
-    return f"{text} (default: {default!r})"
-
-
-def add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None, multi: bool = False) -> None:
-    """One flag per TrainConfig field, in the help groups of :data:`~eva8_utils.config.GROUPS`.
-
-    ``multi``: every non-boolean flag takes one or more values (for ``sweep``).
-    """
-    defaults = TrainConfig()
-    wanted = [f.name for f in dataclasses.fields(TrainConfig) if names is None or f.name in names]
-    groups = {g: p.add_argument_group(f"{g} settings") for g in GROUPS}
-    for name in wanted:
-        g = groups[field_meta(name)["group"]]
-        default = getattr(defaults, name)
-        nargs = "+" if multi else None
-        if name == "lr":
-            g.add_argument(flag(name), "--max-lr", dest="lr", type=_lr_type, nargs=nargs, help=field_help(name))
-        elif name == "imports":
-            g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=field_help(name))
-        elif isinstance(default, bool):
-            g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=field_help(name))
-        else:
-            g.add_argument(flag(name), dest=name, type=type(default), nargs=nargs, help=field_help(name))
-
-
-def flag_table() -> str:
-    """The README's table of every training flag, by group (one source: the TrainConfig fields)."""
-    from .experiment import choices
-
-    defaults = TrainConfig()
-    lines = []
-    for group in GROUPS:
-        lines += [f"**{group}**", "", "| flag | default | meaning |", "|---|---|---|"]
-        for f in dataclasses.fields(TrainConfig):
-            meta = field_meta(f.name)
-            if meta["group"] != group:
-                continue
-            default = getattr(defaults, f.name)
-            name = "--import MODULE" if f.name == "imports" else flag(f.name)
-            if f.name == "lr":
-                name += ", --max-lr"
-            elif isinstance(default, bool):
-                name += f", --no-{flag(f.name)[2:]}"
-            listed = choices(f.name)
-            text = meta["help"] + (": " + " \\| ".join(listed) if listed else "")
-            lines.append(f"| `{name}` | {default!r} | {text} |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The training CLI: one flag per TrainConfig field (``--batch-size`` for batch_size)."""
     subs = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items())
@@ -174,38 +95,6 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
             raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without --resume")
         base = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "out")}
     return build_config(yaml_values, ns, base=base)
-
-
-# ---------------------------------------------------------------------------------------
-# Interrupts: the first Ctrl-C / SIGTERM stops at the next batch boundary.
-# ---------------------------------------------------------------------------------------
-class StopRequest:
-    """A flag set by SIGINT/SIGTERM; a second SIGINT interrupts immediately."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("stop requested (%s): finishing the current batch...", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequest":
-        # Under torchrun the ranks could stop at different batches; there the default
-        # handling applies (the last checkpoint is on disk either way).
-        if threading.current_thread() is threading.main_thread() and D.world_size() == 1:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def train_main(argv: Sequence[str]) -> int:

@@ -1,6 +1,10 @@
 """Predictions on new images with a trained checkpoint.
 
     eva8 predict --checkpoint RUN/checkpoints/best.pt cat.jpg photos/ [--topk 3] [--cam] [--out DIR]
+    eva8 predict --checkpoint shared.pt --model mymodels:MyNet cat.jpg   # a model of your own code
+
+A checkpoint whose model is code outside eva8_utils is refused unless ``--model`` /
+``--import`` name that code (docs/checkpoints.md).
 
 prints a table (file, top-k classes with probabilities), writes ``DIR/predictions.csv``
 and, with ``--cam``, one CAM overlay PNG per image for its top class in ``DIR/cam/``.
@@ -81,7 +85,9 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
     Args:
         model_or_checkpoint: a checkpoint path, the ``(model, checkpoint)`` pair of
             :func:`~eva8_utils.checkpoint.load_model`, or an nn.Module (then give
-            ``classes``, ``mean``, ``std`` and ``image_size``).
+            ``classes``, ``mean``, ``std`` and ``image_size``). A checkpoint of a model
+            that is code outside eva8_utils: load it naming that code,
+            ``predict_images(load_model(path, model="mymodels:MyNet"), paths)``.
         paths: image files and/or folders (searched recursively).
         topk: how many classes per image.
         device: where to run (default: the best available).
@@ -94,6 +100,7 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
 
     Raises:
         DataError: a missing or unreadable file (named).
+        UntrustedCodeError: a checkpoint path whose model is code outside eva8_utils.
     """
     device = torch.device(device) if device is not None else get_device("auto")
     model, ckpt, classes, mean, std, size = _resolve(model_or_checkpoint, classes, mean, std, image_size, device)
@@ -112,14 +119,12 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], *, topk: in
     if cam:
         from .cam import compute_cams, default_cam_layer
 
-        ref = ckpt.get("model_ref") or {}
+        from .models import cam_reshape_of
+
+        ref = ckpt.get("model_ref") if isinstance(ckpt.get("model_ref"), dict) else {}
         layer = cam_layer or default_cam_layer(model, size)
         top = [classes.index(r["top"][0][0]) for r in rows]
-        reshape = getattr(model, "cam_reshape", None)
-        if reshape is None and ref.get("model"):
-            from .models import get_spec
-
-            reshape = get_spec(ref["model"]).reshape_transform
+        reshape = cam_reshape_of(model, ref.get("model") if isinstance(ref.get("model"), str) else None)
         maps = compute_cams(model, x_all.to(device), top, method=cam_method, layer=layer, reshape_transform=reshape)
         for r, m, img in zip(rows, maps, images):
             r["cam"], r["image"], r["cam_layer"] = m, img.astype(np.float32) / 255.0, layer
@@ -147,7 +152,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def predict_cli(argv: Sequence[str]) -> int:
-    from .main import Parser
+    from .cli import Parser, add_trust_flags
     from .rundir import save_figure
     from .viz import plot_cam_overlay
 
@@ -161,11 +166,14 @@ def predict_cli(argv: Sequence[str]) -> int:
     p.add_argument("--cam-method", default="gradcam", help="CAM method (default: gradcam)")
     p.add_argument("--cam-layer", default=None, help="dotted layer name (default: the model's default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    add_trust_flags(p)
     a = p.parse_args(argv)
     if a.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {a.topk}")
-    rows = predict_images(a.checkpoint, a.paths, topk=a.topk, device=get_device(a.device), cam=a.cam,
-                          cam_method=a.cam_method, cam_layer=a.cam_layer)
+    device = get_device(a.device)
+    loaded = load_model(a.checkpoint, a.model, device, imports=a.imports)
+    rows = predict_images(loaded, a.paths, topk=a.topk, device=device, cam=a.cam, cam_method=a.cam_method,
+                          cam_layer=a.cam_layer)
     out = Path(a.out)
     # Everything is computed: now write (atomically, file by file).
     figures = {}

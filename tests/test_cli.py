@@ -231,19 +231,21 @@ def test_own_models_from_the_cli_train_resume_load_and_explain(tmp_path, user_mo
     m = read_metrics(by_ref)
     assert m["model"] == "mynets:Small" and m["cam_layer"] == "features.0"
     assert "mynets:Small" in (by_ref / "report.md").read_text() and "mynets:Small" in (by_ref / "log.txt").read_text()
-    # load for inference in a fresh process that never imports the user's module itself
+    # load for inference in a fresh process that never imports the user's module itself; naming the
+    # code (model=, imports=) trusts it, and without that the file is refused (tests/test_checkpoint_trust.py)
     code = ("import sys, torch; from eva8_utils.checkpoint import load_model\n"
-            "for p in sys.argv[1:]:\n"
-            "    model, ck = load_model(p)\n"
+            "for p, trust in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    model, ck = load_model(p, **eval(trust))\n"
             "    print(type(model).__name__, ck['model_ref']['model'], model(torch.zeros(1, 3, 32, 32)).shape[1])\n")
-    p = subprocess.run([sys.executable, "-c", code, str(by_name / "checkpoints" / "best.pt"),
-                        str(by_ref / "checkpoints" / "last.pt")], capture_output=True, text=True, timeout=300,
-                       env=cli_env(PYTHONPATH=f"{ROOT}:{user_module}"))
+    by_name_trust, by_ref_trust = "dict(imports=['mynets'])", "dict(model='mynets:Small')"
+    p = subprocess.run([sys.executable, "-c", code, str(by_name / "checkpoints" / "best.pt"), by_name_trust,
+                        str(by_ref / "checkpoints" / "last.pt"), by_ref_trust], capture_output=True, text=True,
+                       timeout=300, env=cli_env(PYTHONPATH=f"{ROOT}:{user_module}"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split("\n")[:2] == ["Small small_user_net 10", "Small mynets:Small 10"]
     # without the module on the path: one line naming it
-    p = subprocess.run([sys.executable, "-c", code, str(by_ref / "checkpoints" / "last.pt")], capture_output=True,
-                       text=True, timeout=300, env=cli_env())
+    p = subprocess.run([sys.executable, "-c", code, str(by_ref / "checkpoints" / "last.pt"), by_ref_trust],
+                       capture_output=True, text=True, timeout=300, env=cli_env())
     assert p.returncode != 0 and "cannot import it (ModuleNotFoundError: No module named 'mynets')" in p.stderr
     # YAML works too
     (tmp_path / "c.yaml").write_text("imports: [mynets]\nmodel: small_user_net\n")

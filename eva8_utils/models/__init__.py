@@ -127,6 +127,25 @@ def get_spec(name: str) -> ModelSpec:
                       f"package.module:callable, or --import the module that registers it)")
 
 
+def cam_reshape_of(model: nn.Module, name: str | None) -> Callable | None:
+    """The CAM reshape of a loaded model: its own ``cam_reshape``, else its spec's, looked up
+    without importing anything (a module named by ``name`` is used only if already imported)."""
+    import sys
+
+    if getattr(model, "cam_reshape", None) is not None:
+        return model.cam_reshape
+    if not name:
+        return None
+    if name in MODELS:
+        return MODELS[name].reshape_transform
+    if ":" in name and name.partition(":")[0] in sys.modules:
+        try:
+            return get_spec(name).reshape_transform
+        except ConfigError:
+            return None
+    return None
+
+
 def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     """Build a registered model; ``options`` the constructor does not take are refused."""
     spec = get_spec(name)
@@ -164,8 +183,10 @@ def model_options(cfg: Any, image_size: int = 32) -> dict[str, Any]:
 
 
 def build_from_reference(ref: dict[str, Any], num_classes: int) -> nn.Module:
-    """Rebuild a model from the reference a checkpoint stores (``model``, ``options``,
-    ``imports``): the modules are imported by name, never unpickled."""
+    """Rebuild a model from a reference in the shape a checkpoint stores (``model``,
+    ``options``, ``imports``): the modules are imported by name, never unpickled. This
+    runs the code the reference names: give it only a reference you trust
+    (:func:`~eva8_utils.checkpoint.load_model` checks a checkpoint's first)."""
     import_modules(ref.get("imports") or [], what="checkpoint: --import")
     spec = get_spec(ref["model"])
     return _build(spec, num_classes, dict(ref.get("options") or {}))
@@ -199,7 +220,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "register_model", "get_spec", "create_model", "model_options",
+    "MODELS", "ModelSpec", "register_model", "get_spec", "cam_reshape_of", "create_model", "model_options",
     "build_from_reference", "import_modules",
     "prepare_model", "count_parameters", "ResNet", "CustomResNet", "FastNet", "ViT", "resnet18", "resnet34",
     "custom_resnet", "fastnet", "vit_tiny",
