@@ -22,7 +22,6 @@ CAM checks, in ``metrics.json`` and ``report.md``:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import load_checkpoint, load_model
 from .errors import ConfigError, UserError
-from .utils import atomic_write_text, get_device, normalize
+from .utils import get_device, normalize
 
 logger = logging.getLogger("eva8_utils")
 
