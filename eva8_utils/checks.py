@@ -97,7 +97,7 @@ def build_model_checked(build: Callable[..., nn.Module], name: str, num_classes:
         raise ConfigError(f"--model {name}: calling it with {given} failed ({type(e).__name__}: {reason}); give a "
                           f"function or class that takes num_classes and returns an nn.Module") from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {name} returned a {type(model).__name__}, not an nn.Module; give a function or "
+        raise ConfigError(f"--model {name} returned {type(model).__name__}, not an nn.Module; give a function or "
                           f"class that takes num_classes and returns an nn.Module")
     return model
 

@@ -148,7 +148,8 @@ class RunDir:
             saved = self.saved_config()
             if saved is None and not self.has_checkpoint():
                 raise ConfigError(f"--resume: {self.path} has no checkpoint to continue from; start without --resume")
-            diff = resume_differences(saved, cfg) if saved is not None else []
+            world = int(self.read_metrics().get("world_size", 1) or 1)
+            diff = resume_differences(saved, cfg, world, D.world_size()) if saved is not None else []
             if diff:
                 raise ConfigError(f"--resume: {self.path} was started with other settings ({'; '.join(diff[:4])}); a "
                                   f"resumed run keeps the settings in its config.yaml: drop those flags, or start a "

@@ -98,9 +98,10 @@ def history_metrics(history: dict[str, list]) -> dict[str, Any]:
     return m
 
 
-def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+def resume_differences(saved: dict[str, Any], cfg: TrainConfig, saved_world: int = 1, world: int = 1) -> list[str]:
     """The settings ``cfg`` changes in a saved run, other than those a resume may change
-    (:data:`RESUME_MAY_CHANGE`; run-control settings never count). The saved config is
+    (:data:`RESUME_MAY_CHANGE`; run-control settings never count; the per-process batch size
+    when the global batch stays, ``saved_world`` and ``world`` being the numbers of processes). The saved config is
     read as a resume reads it (an old recipe name or format counts as its value now)."""
     from .config import build_config
 
@@ -109,7 +110,10 @@ def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
         now = build_config(base=base).to_dict()
     except ConfigError:
         now = saved
-    return [d for d in config_differences(now, cfg) if d.split(" ", 1)[0] not in RESUME_MAY_CHANGE]
+    # Under another number of torchrun processes the per-process batch may change with the global one kept.
+    same_global = int(now.get("batch_size", 0)) * saved_world == cfg.batch_size * world
+    return [d for d in config_differences(now, cfg) if d.split(" ", 1)[0] not in RESUME_MAY_CHANGE
+            and not (d.startswith("batch-size ") and same_global)]
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:

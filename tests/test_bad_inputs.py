@@ -188,7 +188,7 @@ CASES = [
     Case("width on resnet18", SHAPES + ["--width", "0.5", "--model", "resnet18"],
          "--width 0.5 is not supported by resnet18"),
     Case("model callable returns a dict", SHAPES + ["--model", "builtins:dict"],
-         "--model builtins:dict returned a dict, not an nn.Module"),
+         "--model builtins:dict returned dict, not an nn.Module"),
     Case("model callable takes no num_classes", SHAPES + ["--model", "os:getcwd"],
          "--model os:getcwd: calling it with num_classes failed (TypeError"),
     Case("model output not (N, classes)", SHAPES + ["--model", "torch.nn:Identity"],
