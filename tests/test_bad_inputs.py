@@ -250,7 +250,7 @@ CASES = [
     # --- predict -------------------------------------------------------------------------------
     Case("predict: a checkpoint whose model cannot be rebuilt", lambda t: _predict(t, model_ref={
         "model": "resnet18", "options": {"width": 1.0}, "imports": []}),
-         "cannot rebuild the model of "),
+         "passes the option 'width' to resnet18, which does not take it"),
     Case("predict: cam layer is the linear head", lambda t: _predict(t, "--cam", "--cam-layer", "head"),
          "--cam-layer 'head' outputs a tensor of shape (1, 10), not a 4-D map"),
     Case("predict: topk 0", lambda t: _predict(t, "--topk", "0"), "--topk must be >= 1"),
