@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, cli_env, read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # the benchmark scripts: .ci/run runs them after the default suite
 
 
 def _run(args, tmp_path, **env):

@@ -32,6 +32,7 @@ def _execute(tmp_path, name, **params):
     return nb, text, images
 
 
+@pytest.mark.heavy
 def test_the_notebook_is_the_cli_cell_by_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     readme_images = ROOT / "image" / "README"
