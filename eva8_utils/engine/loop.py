@@ -18,8 +18,9 @@ with it (``partial``).
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -60,15 +61,16 @@ class Step:
     scaler: Any = None
     schedule: Any = None
     log_every: int = 10
-    _disabled: Any = field(default=None, repr=False)
 
     @property
     def grad_scaler(self) -> torch.amp.GradScaler:
-        if self.scaler is not None:
-            return self.scaler
-        if self._disabled is None:
-            self._disabled = torch.amp.GradScaler("cuda", enabled=False)
-        return self._disabled
+        """The scaler, or a disabled one (it passes the loss and the step straight through)."""
+        return self.scaler if self.scaler is not None else _disabled_scaler()
+
+
+@functools.lru_cache(maxsize=1)
+def _disabled_scaler() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cuda", enabled=False)
 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> None:
