@@ -37,6 +37,7 @@ class AugmentConfig:
     cutout_p: float = 1.0          # probability of cutout per sample
     cutout_holes: int = 1          # squares per sample (albumentations' CoarseDropout: num_holes)
     cutout_min: int = 0            # > 0: each square's side is drawn from [cutout_min, cutout] per hole
+    cutout_fill: float = -1.0      # the squares' grey level in [0, 1] (0 = black); -1 = the dataset mean
     affine_p: float = 0.0          # probability of shift/scale/rotate per sample
     affine_shift: float = 0.0625   # max shift, fraction of the side
     affine_scale: float = 0.1      # max relative zoom
@@ -245,9 +246,13 @@ def cutout_mask(shape: tuple[int, int, int, int], size: int | torch.Tensor, cent
 
 
 def cutout(x: torch.Tensor, size: int | torch.Tensor, center_y: torch.Tensor, center_x: torch.Tensor,
-           apply_mask: torch.Tensor) -> torch.Tensor:
-    """Fill the (clipped) squares of each applied sample with 0, the dataset mean of normalised images."""
-    return x.masked_fill(cutout_mask(tuple(x.shape), size, center_y, center_x, apply_mask), 0)
+           apply_mask: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Fill the (clipped) squares of each applied sample with ``fill``: 0 is the dataset mean of
+    normalised images; a (1, C, 1, 1) tensor gives each channel its own (normalised) value."""
+    mask = cutout_mask(tuple(x.shape), size, center_y, center_x, apply_mask)
+    if isinstance(fill, torch.Tensor):
+        return torch.where(mask, fill.to(x.dtype), x)
+    return x.masked_fill(mask, fill)
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,8 +267,9 @@ def apply_colour(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tens
     return x
 
 
-def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: AugmentConfig) -> torch.Tensor:
-    """Geometric transforms and cutout on normalised images."""
+def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: AugmentConfig,
+                    fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Geometric transforms and cutout (its squares filled with ``fill``) on normalised images."""
     if "affine" in params:
         x = affine(x, params["affine"], params["shift_x"], params["shift_y"], params["scale"], params["angle"])
     if "crop_y" in params:
@@ -271,7 +277,7 @@ def apply_geometric(x: torch.Tensor, params: dict[str, torch.Tensor], aug: Augme
     if "flip" in params:
         x = hflip(x, params["flip"])
     if "cutout" in params:
-        x = cutout(x, params.get("cut_size", aug.cutout), params["cut_y"], params["cut_x"], params["cutout"])
+        x = cutout(x, params.get("cut_size", aug.cutout), params["cut_y"], params["cut_x"], params["cutout"], fill)
     return x
 
 

@@ -138,6 +138,8 @@ class TrainConfig:
     cutout_holes: int = _f(1, "cutout squares per sample (CoarseDropout's num_holes)", group="augmentation")
     cutout_min: int = _f(0, "> 0: each cutout square's side is drawn per square from [--cutout-min, --cutout] "
                             "(CoarseDropout's hole size range); 0 = always --cutout", group="augmentation")
+    cutout_fill: float = _f(-1.0, "cutout squares' grey level in [0, 1] (0 = black, CoarseDropout's fill), or -1 = "
+                                  "the dataset mean", group="augmentation")
     affine_p: float = _f(0.0, "probability of a random shift/scale/rotate per sample (0 = off)", group="augmentation")
     affine_shift: float = _f(0.0625, "affine: max shift as a fraction of the image side", group="augmentation")
     affine_scale: float = _f(0.1, "affine: max relative scale change (0.1 = 0.9x..1.1x)", group="augmentation")
@@ -405,6 +407,7 @@ def _check_data_and_run_ranges(cfg: TrainConfig, need: Callable[[bool, str, str]
     need(cfg.crop_padding >= 0, "crop_padding", ">= 0 (0 = off)")
     need(cfg.cutout >= 0, "cutout", ">= 0 (0 = off)")
     need(cfg.cutout_holes >= 1, "cutout_holes", ">= 1")
+    need(cfg.cutout_fill == -1 or 0 <= cfg.cutout_fill <= 1, "cutout_fill", "-1 (the mean) or in [0, 1]")
     need(0 <= cfg.cutout_min <= cfg.cutout, "cutout_min", f">= 0 and at most --cutout ({cfg.cutout})")
     for p in ("cutout_p", "affine_p", "grayscale_p", "jitter_p", "mix_p"):
         need(0 <= getattr(cfg, p) <= 1, p, "a probability in [0, 1]")

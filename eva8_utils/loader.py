@@ -78,6 +78,9 @@ class DeviceLoader:
         # normalise(u8) = u8 * scale - shift, one fused multiply-subtract per batch.
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = mean_t / std_t
+        # cutout's fill in normalised units: 0 is the mean; a grey level v becomes (v - mean) / std
+        fill = self.aug.cutout_fill if self.aug is not None else -1.0
+        self._cut_fill = 0.0 if fill < 0 else (fill - mean_t) / std_t
         self.epoch = 0
         a = self.aug
         if a is not None and a.low_res_size and a.low_res_mode == "crop" and a.low_res_size > min(self.image_size):
@@ -189,14 +192,15 @@ class DeviceLoader:
             x = A.crop_flip_u8(x_u8, a.crop_padding, params.get("crop_y"), params.get("crop_x"), params.get("flip"))
             x = x.float().mul_(self._scale).sub_(self._shift)
             if "cutout" in params:
-                x = A.cutout(x, params.get("cut_size", a.cutout), params["cut_y"], params["cut_x"], params["cutout"])
+                x = A.cutout(x, params.get("cut_size", a.cutout), params["cut_y"], params["cut_x"], params["cutout"],
+                             self._cut_fill)
         elif a is not None and params:
             if a.colour:
                 x = A.apply_colour(x_u8.float().div_(255), params)
                 x = (x - self._mean_t) / self._std_t
             else:
                 x = x_u8.float().mul_(self._scale).sub_(self._shift)
-            x = A.apply_geometric(x, params, a)
+            x = A.apply_geometric(x, params, a, self._cut_fill)
         else:
             x = x_u8.float().mul_(self._scale).sub_(self._shift)
         size = self.epoch_image_size()

@@ -311,3 +311,23 @@ def test_one_cutout_hole_of_fixed_size_draws_what_it_always_drew():
         torch.randint(0, 32, (50,), generator=g)
     assert torch.equal(p["cut_y"], ys) and torch.equal(p["cut_x"], xs) and "cut_size" not in p
     assert torch.equal(p["cutout"], applied)
+
+
+@pytest.mark.parametrize("fill", [-1.0, 0.0, 1.0])
+def test_cutout_fills_with_the_mean_or_the_grey_level_asked_for(fill):
+    """--cutout-fill: -1 keeps the dataset mean (0 after normalising); a grey level v in [0, 1] becomes
+    (v - mean) / std per channel, as CoarseDropout's fill=v*255 on the raw image would."""
+    from eva8_utils.loader import DeviceLoader
+
+    x = torch.full((8, 16, 16, 3), 128, dtype=torch.uint8)
+    mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.1)
+    aug = A.AugmentConfig(crop_padding=0, flip="none", cutout=6, cutout_fill=fill)
+    ld = DeviceLoader(x, torch.zeros(8, dtype=torch.long), batch_size=8, mean=mean, std=std, train=True, aug=aug)
+    ld.set_epoch(1)
+    (xb, _), = list(ld)
+    plain = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
+    want = torch.zeros(3) if fill < 0 else (fill - torch.tensor(mean)) / torch.tensor(std)
+    for c in range(3):
+        values = xb[:, c].flatten()
+        filled = values[(values - plain[c]).abs() > 1e-4]
+        assert len(filled) >= 8 * 9 and torch.allclose(filled, want[c].expand_as(filled), atol=1e-5)
