@@ -78,10 +78,11 @@ def test_the_course_albumentations_pipeline_trains_a_run_like_any_other(course):
 
 
 def test_a_torchvision_pipeline_without_normalize_is_normalised_by_the_package(course):
-    from eva8_utils import build, build_config
+    from eva8_utils import build, build_config, train
 
     cfg = build_config(flags=dict(dataset="shapes", shapes_train=256, shapes_test=64, model="fastnet",
-                                  batch_size=64, epochs=1, progress=False, train_transform="course_tf:tv_train"))
+                                  batch_size=64, epochs=1, progress=False, tta="none",
+                                  train_transform="course_tf:tv_train"))
     exp = build(cfg, device="cpu")
     assert type(exp.train_loader).__name__ == "PipelineLoader" and exp.train_loader.workers >= 1
     x, y = next(iter(exp.train_loader))
@@ -90,6 +91,8 @@ def test_a_torchvision_pipeline_without_normalize_is_normalised_by_the_package(c
     assert x.mean().abs() < 0.3 and 0.6 < x.std() < 1.6
     raw = torch.from_numpy(exp.splits.x_train).float().div(255)
     assert exp.splits.mean == pytest.approx(raw.mean((0, 1, 2)).tolist(), abs=1e-3)  # the data's own
+    result = train(exp)  # and it trains, end to end
+    assert result["history"]["epoch"] == [1] and 0 <= result["final"]["test_acc"] <= 100
 
 
 def test_a_pipeline_run_is_resumed_like_any_other(course):
