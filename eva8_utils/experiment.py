@@ -361,7 +361,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None,
     cfg = exp.cfg
     exp._need("optimizer", "build_optimizer")
     if run is not None and not cfg.overwrite and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
-        return _load_finished(exp, run)
+        return load_finished(exp, run)
     if run is not None:
         if run.resuming and exp.resumed_from is None:
             run.restore(exp)
@@ -383,7 +383,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None,
     return result
 
 
-def _load_finished(exp: Experiment, run) -> dict[str, Any]:
+def load_finished(exp: Experiment, run) -> dict[str, Any]:
     """A finished run: its history and last weights, no training."""
     from .checkpoint import load_checkpoint, load_weights
 
@@ -499,7 +499,8 @@ def memory_errors(exp: Experiment, where: str, run=None):
 def out_of_memory(e: BaseException, exp: Experiment, where: str, run=None) -> OutOfMemory | None:
     """The one line for a batch that did not fit in memory (CUDA, MPS or the CPU), or None
     when ``e`` is another error."""
-    if not (isinstance(e, MemoryError) or "out of memory" in str(e).lower()):
+    text = str(e).lower()
+    if not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
         return None
     cfg, device = exp.cfg, exp.device
     half = max(1, cfg.batch_size // 2)

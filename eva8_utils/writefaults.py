@@ -32,6 +32,14 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
 
+def _holds(path: Path, text: str | None) -> bool:
+    """Whether ``path`` holds ``text`` (None: does not exist); False when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8") == text if text is not None else not path.exists()
+    except OSError:
+        return False
+
+
 class WriteFaults:
     """The failure side of a :class:`~eva8_utils.rundir.RunDir`.
 
@@ -119,6 +127,8 @@ class WriteFaults:
             except OSError as e:
                 problems.append(f"last.pt ({os_reason(e)})")
         for name, text in zip(("history.csv", "steps.csv"), csv_before or (None, None)):
+            if _holds(self.path / name, text):
+                continue  # its own write failed, or it was never written: it holds the previous epoch
             try:
                 if text is None:
                     (self.path / name).unlink(missing_ok=True)
