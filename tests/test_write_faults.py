@@ -274,3 +274,21 @@ def test_a_checkpoint_write_that_fills_the_disk_raises_the_os_error(monkeypatch,
     assert e.value.errno == errno.ENOSPC and e.value.__suppress_context__
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_roll_back_that_cannot_be_written_is_said_and_resume_repairs_it(monkeypatch, tmp_path, straight):
+    """last.pt of epoch 2 fails and history.csv cannot be put back either: the line says so,
+    and --resume rewrites history.csv from the checkpoint it continues from."""
+    run = tmp_path / "run"
+    fail_writes(monkeypatch, "last.pt", errno.ENOSPC, first=2)
+    fail_writes(monkeypatch, "history.csv", errno.ENOSPC, first=3)  # the roll-back's write
+    line = one_line(run_cli(ARGS + ["--out", str(run)]))
+    assert "checkpoints/last.pt after epoch 1; history.csv (no space left on the device) could not be put back to " \
+           "that epoch (--resume rewrites them)" in line
+    assert epochs_in(run) == (2, 1) and temporary_files(run) == []
+    monkeypatch.undo()
+    patch_forward(monkeypatch, _OOM["cpu"], after=0)  # a resume that stops at its first batch
+    one_line(run_cli(["--out", str(run), "--resume", "--no-progress"]))
+    assert epochs_in(run) == (1, 1)  # history.csv was rewritten from the checkpoint when the resume started
+    monkeypatch.undo()
+    resumes_to_the_straight_history(run, straight)
