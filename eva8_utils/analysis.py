@@ -248,46 +248,8 @@ class Analysis:
         return metrics
 
 
-def analyse_run(out: str | Path) -> dict[str, Any]:
-    """Draw the pictures, the CAM checks and report.md of a finished run again, from its
-    checkpoints/last.pt (``eva8 analyse --out RUN``): e.g. after a picture could not be
-    written. Nothing is trained; metrics.json keeps its numbers and says ``done``.
-
-    Raises:
-        ConfigError: the folder holds no finished run.
-    """
-    from .config import build_config
-    from .errors import ConfigError
-    from .experiment import Experiment, load_finished
-    from .rundir import RunDir
-    from .utils import setup_logging
-
-    run = RunDir(out)
-    saved = run.saved_config()
-    if saved is None or not (run.checkpoints / "last.pt").is_file():
-        raise ConfigError(f"{run.path} holds no trained run (config.yaml and checkpoints/last.pt); give the --out "
-                          f"of a run")
-    if not run.finished:
-        raise ConfigError(f"{run.path} is a run that has not finished (status {run.status}); --resume finishes it "
-                          f"and draws the pictures")
-    cfg = build_config(base={**saved, "resume": False, "overwrite": False, "out": str(run.path), "progress": False,
-                             "analysis": True, "readme_images": False})
-    exp = Experiment(cfg)
-    exp.load_data()
-    exp.build_model()
-    exp.build_optimizer()
-    setup_logging(run.path / "log.txt")
-    result = dict(load_finished(exp, run), finished=False)
-    run.metrics = run.read_metrics()
-    an = Analysis(exp, run, result)
-    an.run_all()
-    metrics = an.finish()
-    logger.info("analysis redone: pictures in %s, report %s", run.path / "images", run.path / "report.md")
-    return metrics
-
-
 def _f3(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-__all__ = ["Analysis", "ROAD_PERCENTILE", "analyse_run"]
+__all__ = ["Analysis", "ROAD_PERCENTILE"]

@@ -537,9 +537,46 @@ def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None =
     return metrics
 
 
+def analyse_run(out) -> dict[str, Any]:
+    """Draw the pictures, the CAM checks and report.md of a finished run again, from its
+    checkpoints/last.pt (``eva8 analyse --out RUN``): e.g. after a picture could not be
+    written. Nothing is trained; metrics.json keeps its numbers and says ``done``.
+
+    Raises:
+        ConfigError: the folder holds no finished run.
+    """
+    from .analysis import Analysis
+    from .config import build_config
+    from .rundir import RunDir
+    from .utils import setup_logging
+
+    run = RunDir(out)
+    saved = run.saved_config()
+    if saved is None or not (run.checkpoints / "last.pt").is_file():
+        raise ConfigError(f"{run.path} holds no trained run (config.yaml and checkpoints/last.pt); give the --out "
+                          f"of a run")
+    if not run.finished:
+        raise ConfigError(f"{run.path} is a run that has not finished (status {run.status}); --resume finishes it "
+                          f"and draws the pictures")
+    cfg = build_config(base={**saved, "resume": False, "overwrite": False, "out": str(run.path), "progress": False,
+                             "analysis": True, "readme_images": False})
+    exp = Experiment(cfg)
+    exp.load_data()
+    exp.build_model()
+    exp.build_optimizer()
+    setup_logging(run.path / "log.txt")
+    result = dict(load_finished(exp, run), finished=False)
+    run.metrics = run.read_metrics()
+    an = Analysis(exp, run, result)
+    an.run_all()
+    metrics = an.finish()
+    logger.info("analysis redone: pictures in %s, report %s", run.path / "images", run.path / "report.md")
+    return metrics
+
+
 def _fmt3(v) -> str:
     return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
-__all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "check_names", "choices",
+__all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "analyse_run", "check_names", "choices",
            "optimizer_from_config", "schedule_from_config", "REGISTRIES"]

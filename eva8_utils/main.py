@@ -280,7 +280,7 @@ def sweep_main(argv: Sequence[str]) -> int:
 
 def analyse_main(argv: Sequence[str]) -> int:
     """``eva8 analyse --out RUN``: the analysis of a finished run again (nothing is trained)."""
-    from .analysis import analyse_run
+    from .experiment import analyse_run
 
     p = Parser(prog="eva8 analyse", description="Draw the pictures, the CAM checks and report.md of a finished "
                "run again from its checkpoints/last.pt (e.g. after a picture could not be written).")
