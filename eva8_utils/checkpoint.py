@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ConfigError, UntrustedCodeError
-from .utils import _fsync_dir, atomic_path
+from .utils import _fsync_dir, atomic_write
 
 logger = logging.getLogger("eva8_utils")
 
@@ -48,13 +48,46 @@ MAX_CLASSES = 100_000
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Atomically write ``state`` to ``path``; with ``keep_previous`` the old file becomes ``prev.pt``."""
+    """Atomically write ``state`` to ``path``; with ``keep_previous`` the old file becomes ``prev.pt``.
+
+    The data goes through a Python file, so a failed write raises the OSError with its
+    reason (ENOSPC, EDQUOT, EIO, ...); transient errors are retried (:func:`~eva8_utils.utils.atomic_write`).
+    """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            try:
+                torch.save({"format": FORMAT, **state}, fh)
+            except RuntimeError as e:  # the zip writer's complaint after the OSError of a write
+                cause = _os_error_in(e)
+                if cause is None:
+                    raise
+                raise cause from None
         if keep_previous and path.exists():
             os.replace(path, path.with_name("prev.pt"))
             _fsync_dir(path.parent)
+
+    atomic_write(path, write)
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError that ``e`` was raised while handling, if any."""
+    seen = e.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

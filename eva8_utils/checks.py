@@ -13,7 +13,6 @@ and what to do.
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from .errors import WRITE_ERRNOS, ConfigError, os_reason  # noqa: F401
 
 MIN_CAM_SIZE = 5  # a CAM on a smaller map says little about where the evidence is
 
@@ -168,16 +167,6 @@ def check_cam_output(out, cam_layer: str, reshape_transform: Callable | None = N
 # ---------------------------------------------------------------------------------------
 # Folders
 # ---------------------------------------------------------------------------------------
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EIO: "input/output error", errno.EROFS: "read-only file system",
-                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
-
-
-def os_reason(e: OSError) -> str:
-    """A short reason for an OS error (``read-only file system``)."""
-    return WRITE_ERRNOS.get(e.errno or 0) or (e.strerror or type(e).__name__).lower()
-
-
 def check_writable(path: str | Path, what: str = "--out") -> None:
     """Refuse a folder that cannot be created or written (a read-only file system, no
     permission), by creating and removing a temporary file in it or, when it does not

@@ -6,6 +6,23 @@ exit code 2; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
+# Short reasons for the OS errors a write meets (on Colab: a full disk, a full Drive, a Drive
+# that disconnects).
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded (on Google Drive: "
+                "its storage is full)", errno.EIO: "input/output error (the drive may have disconnected)",
+                errno.ENOTCONN: "the drive disconnected", errno.ESTALE: "stale file handle (the drive reconnected)",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted"}
+# Errors that often pass: a Drive that drops for a moment. Writes retry them a few times.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ESTALE})
+
+
+def os_reason(e: OSError) -> str:
+    """A short reason for an OS error (``read-only file system``)."""
+    return WRITE_ERRNOS.get(e.errno or 0) or (e.strerror or str(e) or type(e).__name__).lower()
+
 
 class UserError(Exception):
     """A mistake in the input (flags, config, data, checkpoint) that the user can fix.
@@ -30,6 +47,15 @@ class CheckpointError(UserError):
 
 class UntrustedCodeError(CheckpointError):
     """A checkpoint whose model is built by code outside eva8_utils that the caller did not name."""
+
+
+class WriteError(UserError):
+    """A file of a run could not be written: a full disk or quota, a drive that dropped, a
+    read-only folder. The message names the file, the reason and how to continue."""
+
+
+class OutOfMemory(UserError):
+    """A batch did not fit in the memory of the device; the message says what to try."""
 
 
 class NonFiniteLossError(RuntimeError):

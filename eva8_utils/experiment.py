@@ -18,6 +18,7 @@ called one by one (the notebook shows each one in its own cell) or at once::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -35,7 +36,7 @@ from .checks import build_model_checked, check_model
 from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, Callback, DivergenceMonitor, EMAWeights,
                      GradClip, L1Penalty, Lookahead, LookaheadStep, Resume, Schedule, Step, StopWhen, WatchDivergence,
                      ScheduleSettings, choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
-from .errors import ConfigError, DataError, NonFiniteLossError, TrainingInterrupted
+from .errors import ConfigError, DataError, NonFiniteLossError, OutOfMemory, TrainingInterrupted, WriteError
 from .models import (MODELS, count_parameters, get_spec, import_modules, model_options, prepare_model)
 from .runfiles import final_metrics
 from .utils import device_description, get_device, model_summary, seed_everything
@@ -360,7 +361,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None,
     cfg = exp.cfg
     exp._need("optimizer", "build_optimizer")
     if run is not None and not cfg.overwrite and run.finished and cfg.epochs <= run.read_metrics().get("epochs", 0):
-        return _load_finished(exp, run)
+        return load_finished(exp, run)
     if run is not None:
         if run.resuming and exp.resumed_from is None:
             run.restore(exp)
@@ -382,7 +383,7 @@ def train(exp: Experiment, run=None, stop: Callable[[], bool] | None = None,
     return result
 
 
-def _load_finished(exp: Experiment, run) -> dict[str, Any]:
+def load_finished(exp: Experiment, run) -> dict[str, Any]:
     """A finished run: its history and last weights, no training."""
     from .checkpoint import load_checkpoint, load_weights
 
@@ -447,13 +448,15 @@ def run_experiment(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> 
         run.enable_tensorboard()
     exp.load_data()
     exp.build_model()
-    exp.find_lr()
+    with memory_errors(exp, "the LR range test (--lr-find / --lr auto)"):
+        exp.find_lr()
     exp.build_optimizer()
     if run.resuming:
         run.restore(exp)
     t_start = time.perf_counter()
     try:
-        result = train(exp, run, stop)
+        with memory_errors(exp, "training", run):
+            result = train(exp, run, stop)
         metrics: dict[str, Any] = {}
         if D.is_main():
             metrics = analyse(exp, run, result, wall_s=time.perf_counter() - t_start)
@@ -467,11 +470,54 @@ def run_experiment(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> 
         run.fail("failed: non-finite loss", e)
         logger.error("%s", e)
         raise
+    except (WriteError, OutOfMemory) as e:
+        not_written = run.fail("failed", e)
+        if not_written is None:
+            raise
+        raise type(e)(f"{e}; metrics.json could not be updated either ({not_written}): it still says "
+                      f"running") from None
     except BaseException as e:
-        run.fail("failed", e)
+        if run.fail("failed", e) is not None:
+            logger.warning("metrics.json could not be marked failed")
         raise
     D.cleanup()
     return metrics
+
+
+@contextlib.contextmanager
+def memory_errors(exp: Experiment, where: str, run=None):
+    """Out of memory inside becomes :class:`OutOfMemory` (one line: :func:`out_of_memory`)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        oom = out_of_memory(e, exp, where, run)
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def out_of_memory(e: BaseException, exp: Experiment, where: str, run=None) -> OutOfMemory | None:
+    """The one line for a batch that did not fit in memory (CUDA, MPS or the CPU), or None
+    when ``e`` is another error."""
+    text = str(e).lower()
+    if not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
+        return None
+    cfg, device = exp.cfg, exp.device
+    half = max(1, cfg.batch_size // 2)
+    tries = f"--batch-size {half}"
+    if device.type == "cuda" and exp.precision.dtype is None:
+        tries += ", or --precision bf16 (fp16 on a T4/V100)"
+    fits = ("the batch size is fixed for a resumed run: start again with --overwrite and the smaller batch "
+            f"(or --resume with the same settings after freeing memory{_resume_from(run)})")
+    if run is None:
+        fits = "nothing was written"
+    return OutOfMemory(f"out of memory in {where} at batch size {cfg.batch_size} ({exp.model_name}, "
+                       f"{exp.precision.name} on {device.type}): try {tries}; {fits}")
+
+
+def _resume_from(run) -> str:
+    point = run.faults.resume_point() if run is not None else ""
+    return f", which continues {point}" if point.startswith("from") else ""
 
 
 def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None = None) -> dict[str, Any]:
@@ -491,9 +537,46 @@ def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None =
     return metrics
 
 
+def analyse_run(out) -> dict[str, Any]:
+    """Draw the pictures, the CAM checks and report.md of a finished run again, from its
+    checkpoints/last.pt (``eva8 analyse --out RUN``): e.g. after a picture could not be
+    written. Nothing is trained; metrics.json keeps its numbers and says ``done``.
+
+    Raises:
+        ConfigError: the folder holds no finished run.
+    """
+    from .analysis import Analysis
+    from .config import build_config
+    from .rundir import RunDir
+    from .utils import setup_logging
+
+    run = RunDir(out)
+    saved = run.saved_config()
+    if saved is None or not (run.checkpoints / "last.pt").is_file():
+        raise ConfigError(f"{run.path} holds no trained run (config.yaml and checkpoints/last.pt); give the --out "
+                          f"of a run")
+    if not run.finished:
+        raise ConfigError(f"{run.path} is a run that has not finished (status {run.status}); --resume finishes it "
+                          f"and draws the pictures")
+    cfg = build_config(base={**saved, "resume": False, "overwrite": False, "out": str(run.path), "progress": False,
+                             "analysis": True, "readme_images": False})
+    exp = Experiment(cfg)
+    exp.load_data()
+    exp.build_model()
+    exp.build_optimizer()
+    setup_logging(run.path / "log.txt")
+    result = dict(load_finished(exp, run), finished=False)
+    run.metrics = run.read_metrics()
+    an = Analysis(exp, run, result)
+    an.run_all()
+    metrics = an.finish()
+    logger.info("analysis redone: pictures in %s, report %s", run.path / "images", run.path / "report.md")
+    return metrics
+
+
 def _fmt3(v) -> str:
     return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
-__all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "check_names", "choices",
+__all__ = ["Experiment", "build", "train", "run_experiment", "analyse", "analyse_run", "check_names", "choices",
            "optimizer_from_config", "schedule_from_config", "REGISTRIES"]

@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "demo": "a local web app (Gradio) for a checkpoint: upload an image, see top-k and the CAM; --export DIR "
             "writes a Hugging Face Space",
     "compare": "overlay the curves of several runs, tabulate them, one misclassified grid per run",
+    "analyse": "draw the pictures, CAM checks and report of a finished run again from its checkpoint",
     "sweep": "train every combination of the values given to flags (e.g. --norm batch group layer), then compare",
 }
 
@@ -46,6 +47,7 @@ EXAMPLES = """examples:
   eva8 --model mymodels:MyNet --lr-find --lr auto    # any callable(num_classes) -> nn.Module
   eva8 --config my.yaml --epochs 30                  # YAML (safe_load) + flags; flags win
   eva8 sweep --out runs/norms --norm batch group layer --dataset shapes --model fastnet --epochs 3
+  eva8 analyse --out runs/r18                        # its pictures and report again, from the checkpoint
   eva8 compare runs/a runs/b --labels A B --out runs/compare
   eva8 predict --checkpoint runs/r18/checkpoints/best.pt cat.jpg photos/ --cam
   eva8 predict --checkpoint shared.pt --model mymodels:MyNet cat.jpg  # your code, named: see docs/checkpoints.md
@@ -165,7 +167,18 @@ def sweep_main(argv: Sequence[str]) -> int:
     return sweep_cli(argv)
 
 
-COMMANDS = {"stats": stats_main, "predict": predict_main, "demo": demo_main, "compare": compare_main,
+def analyse_main(argv: Sequence[str]) -> int:
+    """``eva8 analyse --out RUN``: the analysis of a finished run again (nothing is trained)."""
+    from .experiment import analyse_run
+
+    p = Parser(prog="eva8 analyse", description="Draw the pictures, the CAM checks and report.md of a finished "
+               "run again from its checkpoints/last.pt (e.g. after a picture could not be written).")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
+    analyse_run(p.parse_args(argv).out)
+    return 0
+
+
+COMMANDS = {"analyse": analyse_main, "stats": stats_main, "predict": predict_main, "demo": demo_main, "compare": compare_main,
             "sweep": sweep_main}
 
 

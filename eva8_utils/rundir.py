@@ -23,6 +23,7 @@ error when anything raises. The CLI and the notebook both go through it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -36,14 +37,15 @@ import torch
 import yaml
 
 from . import distributed as D
-from .checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint, state_bytes
 from .checks import check_writable
 from .config import TrainConfig, experiment_settings
 from .engine import Callback, TrainState, new_history
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, WriteError, os_reason
 from .runfiles import (IMAGE_NAMES, _plain, config_differences, final_metrics, history_csv,  # noqa: F401
                        history_metrics, read_history_csv, report_markdown, resume_differences, steps_csv)
-from .utils import atomic_write_text, setup_logging
+from .utils import atomic_write, atomic_write_text, setup_logging
+from .writefaults import WriteFaults
 
 logger = logging.getLogger("eva8_utils")
 
@@ -74,6 +76,7 @@ class RunDir:
         self.wall_before = 0.0             # wall time of the earlier sessions of a resumed run (seconds)
         self._session_start: float | None = None
         self._writer = None                # TensorBoard SummaryWriter (lazily)
+        self.faults = WriteFaults(self.path)  # what a failed write says, and the epoch to resume from
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, status={self.status!r})"
@@ -257,6 +260,7 @@ class RunDir:
             if path.name == "prev.pt":
                 logger.warning("resumed from the previous checkpoint %s", path)
             exp.start_epoch, exp.partial = int(ckpt["epoch"]), ckpt.get("partial")
+            self.faults.saved(exp.start_epoch, exp.partial)
             exp.history = ckpt["history"]
             exp.resumed_from = path
             self.metrics = self.read_metrics()
@@ -281,9 +285,12 @@ class RunDir:
                 self.clear()
             self.remove_temporary_files()
             commit_cache(exp.splits)  # the data is accepted: now its decoded images may be cached
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            setup_logging(self.path / "log.txt")
+            self.faults.estimate(exp)
+            with self.faults.guard(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            with self.faults.guard(self.path / "log.txt"):
+                setup_logging(self.path / "log.txt")
         D.barrier()
         for line in exp.header_lines():
             logger.info("%s", line)
@@ -291,9 +298,10 @@ class RunDir:
         if self.resuming:
             logger.info("resuming from %s after epoch %d%s", exp.resumed_from, exp.start_epoch,
                         f", batch {exp.partial['batch']} of epoch {exp.start_epoch + 1}" if exp.partial else "")
+            self.write_history(exp.history_so_far())  # history.csv says what the checkpoint holds
         elif D.is_main():
             summary = exp.summary()
-            atomic_write_text(self.path / "summary.txt", summary + "\n")
+            self._write_text("summary.txt", summary + "\n")
             _log_to_file_only(summary)
         self.started = True
         if not self.resuming:
@@ -332,16 +340,38 @@ class RunDir:
         self.metrics.update(values)
         self.metrics["status"] = status
         if D.is_main() and self.path.is_dir():
-            atomic_write_text(self.path / "metrics.json", json.dumps(_plain(self.metrics), indent=2, sort_keys=True)
-                              + "\n")
+            self._write_text("metrics.json", json.dumps(_plain(self.metrics), indent=2, sort_keys=True) + "\n")
         return dict(self.metrics)
+
+    def _write_text(self, name: str, text: str) -> None:
+        """RUN/name, atomically; a failure is a :class:`WriteError` that says how to continue."""
+        with self.faults.guard(self.path / name):
+            atomic_write_text(self.path / name, text)
 
     def write_history(self, history: dict[str, list]) -> None:
         if not D.is_main():
             return
-        atomic_write_text(self.path / "history.csv", history_csv(history))
-        atomic_write_text(self.path / "steps.csv", steps_csv(history))
+        texts = (history_csv(history), steps_csv(history))
+        self._write_text("history.csv", texts[0])
+        self._write_text("steps.csv", texts[1])
+        self.faults.csv_written(texts)
         self.metrics.update(history_metrics(history))
+
+    def save_epoch(self, exp, epoch: int, history: dict[str, list], is_best: bool) -> None:
+        """The end of an epoch: history.csv and steps.csv, checkpoints/last.pt, best.pt, then
+        metrics.json. When one of the files cannot be written, the others are put back as
+        they were after the previous epoch, so that history.csv and the checkpoints agree on
+        the last finished epoch (--resume continues from there)."""
+        if not D.is_main():
+            return
+        csv_before, saved_before, metrics_before = self.faults.csv_texts, self.faults.saved_at, dict(self.metrics)
+        try:
+            self.write_history(history)
+            self.save_state(exp, epoch, is_best=is_best)
+        except WriteError as e:
+            self.metrics = metrics_before
+            raise self.faults.roll_back(e, csv_before, saved_before) from None
+        self.write_metrics("running")
 
     def save_state(self, exp, epoch: int, *, partial: dict | None = None, is_best: bool = False) -> None:
         """checkpoints/last.pt (the previous one kept as prev.pt) and, when ``is_best``, best.pt."""
@@ -361,13 +391,17 @@ class RunDir:
         for name in ("scaler", "lookahead", "ema", "monitor"):
             obj = getattr(exp, name)
             state[name] = obj.state_dict() if obj is not None else None
-        save_checkpoint(self.checkpoints / "last.pt", state, keep_previous=True)
+        self.faults.checkpoint_bytes = state_bytes(state)
+        with self.faults.guard(self.checkpoints / "last.pt"):
+            save_checkpoint(self.checkpoints / "last.pt", state, keep_previous=True)
+        self.faults.saved(int(epoch), partial)
         if is_best:
             best = {"model": weights, "epoch": int(epoch), "config": exp.cfg.to_dict(),
                     "test_acc": state["history"]["test_acc"][-1], **meta}
             if exp.ema is not None:
                 best["ema"] = exp.ema.state_dict()
-            save_checkpoint(self.checkpoints / "best.pt", best)
+            with self.faults.guard(self.checkpoints / "best.pt"):
+                save_checkpoint(self.checkpoints / "best.pt", best)
 
     def callback(self, exp) -> "SaveRun":
         """The :class:`~eva8_utils.engine.Callback` that saves this run as it trains."""
@@ -385,24 +419,37 @@ class RunDir:
             self._writer = None
         return metrics
 
-    def fail(self, status: str, error: BaseException | str | None = None) -> None:
-        """metrics.json says ``status`` (failed..., interrupted) with the error, if the folder exists."""
+    def fail(self, status: str, error: BaseException | str | None = None) -> str | None:
+        """metrics.json says ``status`` (failed..., interrupted) with the error, if the folder exists.
+
+        Returns:
+            None, or why metrics.json could not be written (the OS reason).
+        """
         if not self.path.is_dir() or not D.is_main():
-            return
+            return None
         values = {}
         if error is not None:
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             values["error"] = f"{type(error).__name__}: {text}" if isinstance(error, BaseException) else text
-        self.write_metrics(status, **values)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self.write_metrics(status, **values)
+        except WriteError as e:
+            return e.reason
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        return None
 
     def save_figure(self, name: str, fig, dpi: int = 110) -> Path:
         """images/NAME.png (and the TensorBoard image, with --tensorboard); the Figure is kept."""
         path = self.path / "images" / f"{name}.png"
         if D.is_main():
-            save_figure(fig, path, dpi)
+            try:
+                save_figure(fig, path, dpi)
+            except OSError as e:
+                self._not_written(path, e)
+                return path
             if self.tensorboard is not None:
                 self.tensorboard.add_figure(f"images/{name}", fig, close=False)
         return path
@@ -410,7 +457,21 @@ class RunDir:
     def write_report(self, cfg: TrainConfig, classes, notes: list[str] | None = None) -> None:
         """report.md: final metrics, CAM checks, per-class accuracy, the images and the config."""
         if D.is_main():
-            atomic_write_text(self.path / "report.md", report_markdown(self.path, cfg, self.metrics, classes, notes))
+            path = self.path / "report.md"
+            try:
+                atomic_write_text(path, report_markdown(self.path, cfg, self.metrics, classes, notes))
+            except OSError as e:
+                self._not_written(path, e)
+                with contextlib.suppress(WriteError):
+                    self.write_metrics(self.metrics.get("status", "done"))
+
+    def _not_written(self, path: Path, e: OSError) -> None:
+        """A picture or the report that cannot be written after training: a warning (in the
+        log and metrics.json); the run goes on and ends done."""
+        text = (f"{path.relative_to(self.path)} could not be written ({os_reason(e)}); training and checkpoints "
+                f"are saved: redo the pictures and the report later with: eva8 analyse --out {self.path}")
+        logger.warning("%s", text)
+        self.metrics.setdefault("warnings", []).append(text)
 
     def copy_images(self, dest: str | Path = "image/README") -> None:
         """Copy the run's images (e.g. to image/README/, relative to the working directory)."""
@@ -475,10 +536,8 @@ class SaveRun(Callback):
         self.exp.history = history
         is_best = row["test_acc"] > self.best
         self.best = max(self.best, row["test_acc"])
-        self.run.save_state(self.exp, state.epoch, is_best=is_best)
+        self.run.save_epoch(self.exp, state.epoch, history, is_best)
         self.last_save = time.monotonic()
-        self.run.write_history(history)
-        self.run.write_metrics("running")
         tb = self.run.tensorboard
         if tb is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_loss", "ema_test_acc"):
@@ -494,11 +553,8 @@ class SaveRun(Callback):
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write a Figure as PNG atomically (the one place the package saves a picture)."""
-    from .utils import atomic_path
-
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     return path
 
 
@@ -515,8 +571,7 @@ def _log_to_file_only(text: str) -> None:
     """Write ``text`` to the log file handlers only (the console gets a one-line mention)."""
     for h in logger.handlers:
         if isinstance(h, logging.FileHandler):
-            h.stream.write(text + "\n")
-            h.flush()
+            h.emit(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
     logger.info("model summary written to summary.txt (parameters, output shapes, mult-adds)")
 
 

@@ -9,13 +9,14 @@ import platform
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import TRANSIENT_ERRNOS, ConfigError, os_reason
 
 logger = logging.getLogger("eva8_utils")
 
@@ -120,6 +121,20 @@ def _umask() -> int:
     return mask
 
 
+# Seconds to wait before each retry of a write that met a transient error (EIO, ENOTCONN,
+# ESTALE: a Drive that dropped for a moment); after the last one the error stands.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """The last step of every atomic write: fsync the temporary file, rename it over ``path``."""
+    with open(tmp, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -131,24 +146,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        _commit(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
 
 
+def retrying(action: Callable[[], object], what: str | Path) -> object:
+    """``action()``, again after each of :data:`RETRY_DELAYS` while it raises a transient
+    OSError (EIO, ENOTCONN, ESTALE); logs one warning the first time. Other errors, and
+    the error after the last retry, are raised."""
+    delays = list(RETRY_DELAYS)
+    while True:
+        try:
+            return action()
+        except OSError as e:
+            if e.errno not in TRANSIENT_ERRNOS or not delays:
+                raise
+            if len(delays) == len(RETRY_DELAYS):
+                logger.warning("writing %s failed (%s); retrying up to %d times (%s s apart)", what, os_reason(e),
+                               len(delays), ", ".join(f"{d:g}" for d in delays))
+            time.sleep(delays.pop(0))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Atomically write ``path``: ``write(tmp)`` fills a temporary file, which is then
+    fsynced and renamed over ``path``; transient errors are retried (:func:`retrying`)."""
+    def once() -> None:
+        with atomic_path(path) as tmp:
+            write(tmp)
+
+    retrying(once, path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename; transient errors retried)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,6 +201,42 @@ class _TqdmSafeHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+
+class _RunLogFile(logging.FileHandler):
+    """log.txt: a write that fails for a moment is retried; one that keeps failing (a full
+    disk) stops the file with one warning on the screen, and the log goes on there."""
+
+    failed: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is not None:
+            return
+        text = self.format(record) + self.terminator
+
+        def write() -> None:
+            try:
+                if self.stream is None:
+                    self.stream = self._open()
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError:
+                stream, self.stream = self.stream, None
+                with contextlib.suppress(OSError, ValueError):
+                    if stream is not None:
+                        stream.close()
+                raise
+
+        try:
+            retrying(write, self.baseFilename)
+        except OSError as e:
+            self.failed = os_reason(e)
+            logger.warning("%s cannot be written (%s): the log goes on on the screen only", self.baseFilename,
+                           self.failed)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().close()
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO,
@@ -183,7 +256,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO,
     log.addHandler(console)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh = _RunLogFile(log_file, encoding="utf-8", delay=True)
         fh.setFormatter(logging.Formatter("%(message)s"))
         fh._eva8 = True  # type: ignore[attr-defined]
         log.addHandler(fh)
