@@ -27,8 +27,8 @@ A finished run is shown again without retraining; set `OVERWRITE = True` to star
 
 The outputs saved in this file are a run of the `fast` recipe on 10,000 training images of the CIFAR-10 JPEG
 copy on a 2-core CPU (the default, ResNet18 on all 50,000, wants a GPU), made with `papermill S7.ipynb S7.ipynb
--p DATASET folder -p DATA_DIR data/cifar10-jpeg -p RECIPE fast -p RUN_DIR runs/notebook-fast -p EXTRA
-'{"train_subset": 10000}'` (then `python tools/make_notebook.py --clean`); Run all replaces them with your own run."""))
+-p DATASET folder -p DATA_DIR data/cifar10-jpeg -p RECIPE fast -p RUN_DIR runs/notebook-fast -y
+'{"EXTRA": {"train_subset": 10000}}'` (then `python tools/make_notebook.py --clean`); Run all replaces them with your own run."""))
 cells.append(code("""# Install the package when it is not importable: on Colab from GitHub (set REPO_URL to your
 # fork), inside a checkout (local Jupyter, CI) the checkout itself is used. torch is never pinned.
 REPO_URL = "https://github.com/OWNER/eva8_utils"
