@@ -88,10 +88,13 @@ def check_names(cfg: TrainConfig) -> None:
             one_of(name, getattr(cfg, name), REGISTRIES[registry]())
 
 
-def optimizer_from_config(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """:func:`~eva8_utils.engine.make_optimizer` with the config's settings (``lr`` overrides ``cfg.lr``)."""
+def optimizer_from_config(model: nn.Module, cfg: TrainConfig, lr: float | None = None,
+                          hints=None) -> torch.optim.Optimizer:
+    """:func:`~eva8_utils.engine.make_optimizer` with the config's settings (``lr`` overrides ``cfg.lr``;
+    ``hints``: the model's :class:`~eva8_utils.engine.GroupHints`)."""
     return make_optimizer(model, cfg.optimizer, float(cfg.lr) if lr is None else float(lr), cfg.momentum,
-                          cfg.nesterov, cfg.weight_decay, cfg.bias_lr_scale, cfg.head_lr_scale, cfg.muon_momentum)
+                          cfg.nesterov, cfg.weight_decay, cfg.bias_lr_scale, cfg.head_lr_scale, cfg.muon_momentum,
+                          hints)
 
 
 def schedule_from_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
@@ -204,7 +207,7 @@ class Experiment:
             return None
         from .lr_finder import lr_range_test
 
-        optimizer = optimizer_from_config(model, cfg, lr=1e-3)  # the sweep sets the LR itself
+        optimizer = optimizer_from_config(model, cfg, lr=1e-3, hints=self.param_hints())  # the sweep sets the LR
         result = lr_range_test(model, self.train_loader, optimizer, device=self.device, num_iter=cfg.lr_find_iters,
                                label_smoothing=cfg.label_smoothing, amp_dtype=self.precision.dtype)
         self.lr_result = result
@@ -224,7 +227,7 @@ class Experiment:
         if cfg.lr_is_auto:
             raise ConfigError("--lr auto needs the LR range test first: call find_lr() before build_optimizer()")
         steps = len(self.train_loader)
-        self.optimizer = optimizer_from_config(model, cfg)
+        self.optimizer = optimizer_from_config(model, cfg, hints=self.param_hints())
         self.schedule = schedule_from_config(self.optimizer, cfg, steps)
         self.scaler = make_scaler(self.device, self.precision)
         self.lookahead = Lookahead(model, start_step=LOOKAHEAD_START_EPOCHS * steps) if cfg.lookahead else None
@@ -240,6 +243,11 @@ class Experiment:
         return self.optimizer
 
     # ------------------------------------------------------------------ the loop's parts
+    def param_hints(self):
+        """The model's LR rules by parameter name, from its registry entry (None: none)."""
+        spec = self.spec
+        return spec.param_hints(self.model) if spec is not None and spec.param_hints is not None else None
+
     def step(self) -> Step:
         """How a training step is taken: the loss, precision, GradScaler and schedule."""
         cfg = self.cfg

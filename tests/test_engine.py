@@ -558,12 +558,12 @@ def test_whiten_bias_lr_linear_falls_to_zero_over_its_epochs_and_resumes_exactly
     """--whiten-bias-lr linear (airbench94_muon): the whitening bias gets a group of its own with the
     settings of the group it would join, its LR falls from its start linearly to 0 over its 3 epochs,
     and every other group keeps the run's schedule; a restored schedule continues the same numbers."""
-    from eva8_utils.models import create_model
+    from eva8_utils.models import create_model, get_spec
 
     for name, join in (("muon", 2), ("sgd", 0)):  # Muon: with the other biases; SGD: the base-LR weights group
         model = create_model("fastnet", width=0.25, whiten_bias_epochs=3, whiten_bias_lr="linear")
         opt = E.make_optimizer(model, name, lr=0.2, momentum=0.85, weight_decay=0.01, bias_lr_scale=400,
-                               head_lr_scale=7, muon_momentum=0.6)
+                               head_lr_scale=7, muon_momentum=0.6, hints=get_spec("fastnet").param_hints(model))
         alone = opt.param_groups[-1]
         assert alone["params"] == [model.whiten.bias] and alone["zero_after_epochs"] == 3
         assert not any(p is model.whiten.bias for g in opt.param_groups[:-1] for p in g["params"])
@@ -582,7 +582,7 @@ def test_whiten_bias_lr_linear_falls_to_zero_over_its_epochs_and_resumes_exactly
         def build():
             m = create_model("fastnet", width=0.25, whiten_bias_epochs=3, whiten_bias_lr="linear")
             o = E.make_optimizer(m, name, lr=0.2, momentum=0.85, weight_decay=0.01, bias_lr_scale=400,
-                                 head_lr_scale=7, muon_momentum=0.6)
+                                 head_lr_scale=7, muon_momentum=0.6, hints=get_spec("fastnet").param_hints(m))
             return o, E.Schedule(o, "linear", epochs=10, steps_per_epoch=4)
 
         first, s1 = build()
@@ -596,7 +596,8 @@ def test_whiten_bias_lr_linear_falls_to_zero_over_its_epochs_and_resumes_exactly
             s2.after_batch()
 
     plain = create_model("fastnet", width=0.25, whiten_bias_epochs=3)  # the default: the run's schedule
-    assert all("zero_after_epochs" not in g for g in E.make_optimizer(plain, "muon", lr=0.2).param_groups)
+    hints = get_spec("fastnet").param_hints(plain)
+    assert all("zero_after_epochs" not in g for g in E.make_optimizer(plain, "muon", lr=0.2, hints=hints).param_groups)
     with pytest.raises(ValueError, match="whiten_bias_epochs >= 1"):
         create_model("fastnet", whiten_bias_lr="linear")
 

@@ -172,7 +172,9 @@ def test_fastnet_freezes_the_whitening_bias_after_its_epochs_and_trains_it_at_th
     model = create_model("fastnet", width=0.25, whiten_bias_epochs=3)
     assert model.frozen_parameters(3) == [] and model.frozen_parameters(4) == [model.whiten.bias]
     assert create_model("fastnet").frozen_parameters(50) == []
-    opt = make_optimizer(model, "sgd", lr=0.1, bias_lr_scale=64)
+    hints = get_spec("fastnet").param_hints(model)  # its registry entry says which LR rules it needs
+    assert make_optimizer(model, "sgd", lr=0.1, bias_lr_scale=64).param_groups[0]["params"][0] is not model.whiten.bias
+    opt = make_optimizer(model, "sgd", lr=0.1, bias_lr_scale=64, hints=hints)
     base, biases = opt.param_groups
     assert any(p is model.whiten.bias for p in base["params"]) and base["lr"] == 0.1
     assert not any(p is model.whiten.bias for p in biases["params"]) and biases["lr"] == pytest.approx(6.4)

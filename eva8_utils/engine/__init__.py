@@ -16,7 +16,7 @@ from .callbacks import (DIVERGENCE_HINT, DivergenceMonitor, EMAWeights, EtaLogge
                         L1Penalty, LookaheadStep, ProgressBar, StopWhen, WatchDivergence, l1_parameters, make_ema)
 from .evaluate import evaluate, predict, test_line, tta_logits
 from .loop import HISTORY_COLUMNS, Resume, add_epoch, Step, fit, new_history, run_epoch, train_one_epoch, train_step
-from .optim import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, Lookahead, MuonSGD, classifier_head, make_optimizer,
+from .optim import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, GroupHints, Lookahead, MuonSGD, classifier_head, make_optimizer,
                     newton_schulz, param_groups, set_lr)
 from .precision import Precision, autocast, choose_precision, cpu_has_fast_bf16, fast_bf16, make_scaler
 from .schedule import SCHEDULERS, Schedule, ScheduleSettings, schedule_depends_on_length
@@ -27,7 +27,7 @@ __all__ = [
     "LookaheadStep", "ProgressBar", "StopWhen", "WatchDivergence", "l1_parameters", "make_ema",
     "evaluate", "predict", "test_line", "tta_logits",
     "HISTORY_COLUMNS", "Resume", "add_epoch", "Step", "fit", "new_history", "run_epoch", "train_one_epoch", "train_step",
-    "LOOKAHEAD_START_EPOCHS", "OPTIMIZERS", "Lookahead", "MuonSGD", "classifier_head", "make_optimizer",
+    "LOOKAHEAD_START_EPOCHS", "OPTIMIZERS", "GroupHints", "Lookahead", "MuonSGD", "classifier_head", "make_optimizer",
     "newton_schulz", "param_groups", "set_lr",
     "Precision", "autocast", "choose_precision", "cpu_has_fast_bf16", "fast_bf16", "make_scaler",
     "SCHEDULERS", "Schedule", "ScheduleSettings", "schedule_depends_on_length",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 
@@ -20,23 +22,36 @@ def classifier_head(model: nn.Module) -> nn.Linear | None:
     return head
 
 
+@dataclass(frozen=True)
+class GroupHints:
+    """LR rules for named parameters, as a model's registry entry gives them
+    (``register_model(..., param_hints=fn)``, ``fn(model) -> GroupHints``).
+
+    Attributes:
+        base_lr: parameter names that keep the base LR even if they are vectors (not ``bias_lr_scale``).
+        lr_to_zero: {name: N}: the LR falls linearly to 0 over the first N epochs.
+    """
+
+    base_lr: tuple[str, ...] = ()
+    lr_to_zero: dict[str, int] = field(default_factory=dict)
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float = 1.0,
-                 head_lr_scale: float = 1.0, muon: bool = False) -> list[dict]:
+                 head_lr_scale: float = 1.0, muon: bool = False, hints: GroupHints | None = None) -> list[dict]:
     """Trainable parameters in up to three groups: weights (ndim > 1), the classifier head's
     weight (when ``head_lr_scale`` != 1, and always for ``muon``) and biases/norm parameters.
 
     A group with an LR multiplier ``s`` gets ``lr * s`` and ``weight_decay / s``, so its
     per-step decay is unchanged while it learns faster (the speed-record trick).
-    Parameters a model names in ``base_lr_params`` (e.g. fastnet's whitening bias) stay
-    in the weights group, except under ``muon``, whose weights group (marked
-    ``muon=True``, no weight decay) takes matrices only. Parameters a model lists in
-    ``lr_to_zero()`` ({name: N}, e.g. fastnet's whitening bias with ``whiten_bias_lr=
-    "linear"``) get a group of their own with the settings of the group they would join
-    and ``zero_after_epochs=N``: :class:`Schedule` lowers its LR linearly to 0 over the
-    first N epochs instead of applying the run's schedule.
+    Parameters named in ``hints.base_lr`` (e.g. fastnet's whitening bias) stay in the
+    weights group, except under ``muon``, whose weights group (marked ``muon=True``, no
+    weight decay) takes matrices only. Parameters in ``hints.lr_to_zero`` ({name: N}) get a
+    group of their own with the settings of the group they would join and
+    ``zero_after_epochs=N``: the :class:`~eva8_utils.engine.schedule.Schedule` lowers its LR
+    linearly to 0 over the first N epochs instead of applying the run's schedule.
     """
-    to_zero = model.lr_to_zero() if hasattr(model, "lr_to_zero") else {}
-    base = set(getattr(model, "base_lr_params", ()))
+    hints = hints or GroupHints()
+    to_zero, base = dict(hints.lr_to_zero), set(hints.base_lr)
     head = classifier_head(model) if head_lr_scale != 1.0 or muon else None
     head_ids = {id(head.weight)} if head is not None else set()
     weights, heads, others = [], [], []
@@ -136,7 +151,7 @@ class MuonSGD(torch.optim.Optimizer):
 def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
                    nesterov: bool = True, weight_decay: float = 5e-4,
                    bias_lr_scale: float = 1.0, head_lr_scale: float = 1.0,
-                   muon_momentum: float = 0.6) -> torch.optim.Optimizer:
+                   muon_momentum: float = 0.6, hints: GroupHints | None = None) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov), Adam, AdamW or Muon over :func:`param_groups`.
 
     Args:
@@ -151,11 +166,12 @@ def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, momentu
         head_lr_scale: LR multiplier of the classifier head's weight (always its own SGD
             group under ``muon``).
         muon_momentum: momentum of Muon's weights.
+        hints: LR rules for named parameters (:class:`GroupHints`), e.g. from the model's registry entry.
     """
     if name == "muon":
-        groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale, muon=True)
+        groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale, muon=True, hints=hints)
         return MuonSGD(groups, lr=lr, momentum=momentum, muon_momentum=muon_momentum, nesterov=nesterov and momentum > 0)
-    groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale)
+    groups = param_groups(model, lr, weight_decay, bias_lr_scale, head_lr_scale, hints=hints)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .custom_resnet import CustomResNet, custom_resnet
-from .fastnet import FastNet, fastnet, fastnet_callbacks
+from .fastnet import FastNet, fastnet, fastnet_callbacks, fastnet_param_hints
 from .resnet import ResNet, resnet18, resnet34
 from .vit import ViT, vit_tiny
 
@@ -41,6 +41,7 @@ class ModelSpec:
     cam_layer: str | None = None                      # None: the model's ``cam_layer`` or a search
     reshape_transform: Callable | None = None         # token models: (N, T, C) -> (N, C, h, w)
     callbacks: Callable[[nn.Module], list] | None = None
+    param_hints: Callable[[nn.Module], Any] | None = None    # model -> engine.GroupHints (LR rules by name)
 
     def accepts(self, option: str) -> bool:
         try:
@@ -53,11 +54,13 @@ MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, build: Callable[..., nn.Module] | None = None, *, cam_layer: str | None = None,
-                   reshape_transform: Callable | None = None, callbacks: Callable[[nn.Module], list] | None = None):
+                   reshape_transform: Callable | None = None, callbacks: Callable[[nn.Module], list] | None = None,
+                   param_hints: Callable[[nn.Module], Any] | None = None):
     """Register a constructor under ``name`` (usable as a decorator); ``callbacks(model)``
-    returns the :class:`~eva8_utils.engine.Callback` objects its training needs."""
+    returns the :class:`~eva8_utils.engine.Callback` objects its training needs and
+    ``param_hints(model)`` the :class:`~eva8_utils.engine.GroupHints` of its parameters."""
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelSpec(name, fn, cam_layer, reshape_transform, callbacks)
+        MODELS[name] = ModelSpec(name, fn, cam_layer, reshape_transform, callbacks, param_hints)
         return fn
 
     return add(build) if build is not None else add
@@ -66,7 +69,7 @@ def register_model(name: str, build: Callable[..., nn.Module] | None = None, *, 
 register_model("resnet18", resnet18)
 register_model("resnet34", resnet34)
 register_model("custom_resnet", custom_resnet)
-register_model("fastnet", fastnet, callbacks=fastnet_callbacks)
+register_model("fastnet", fastnet, callbacks=fastnet_callbacks, param_hints=fastnet_param_hints)
 register_model("vit_tiny", vit_tiny, reshape_transform=ViT.cam_reshape)
 
 # Settings a config can pass to a constructor, with the value that means "not asked for".

@@ -66,14 +66,13 @@ class FastNet(nn.Module):
 
     ``whiten_bias_epochs`` > 0 trains the whitening bias for that many epochs and then
     freezes it (airbench94 uses 3); 0 trains it all run long. It learns at the base LR
-    (``base_lr_params``), not at the raised LR of the other biases (under Muon it joins
+    (:func:`fastnet_param_hints`), not at the raised LR of the other biases (under Muon it joins
     them, as airbench94_muon has it). ``whiten_bias_lr="linear"`` lets its LR fall from
     its start linearly to 0 over those epochs (airbench94_muon) instead of following the
     run's schedule (``"schedule"``, airbench94; see :meth:`lr_to_zero`).
     """
 
     cam_layer = "block3.conv1"
-    base_lr_params = ("whiten.bias",)
 
     def __init__(self, num_classes: int = 10, norm: str = "batch", groups: int = 8, dropout: float = 0.0,
                  width: float = 1.0, whiten_bias_epochs: int = 0, whiten_bias_lr: str = "schedule"):
@@ -141,3 +140,11 @@ def fastnet_callbacks(model: FastNet) -> list:
     from ..engine.callbacks import FreezeParameters
 
     return [FreezeParameters(model.frozen_parameters)] if model.whiten_bias_epochs else []
+
+
+def fastnet_param_hints(model: FastNet):
+    """fastnet's LR rules for the optimizer: the whitening bias keeps the base LR, and with
+    ``whiten_bias_lr="linear"`` its LR falls to 0 over its epochs."""
+    from ..engine.optim import GroupHints
+
+    return GroupHints(base_lr=("whiten.bias",), lr_to_zero=model.lr_to_zero())
