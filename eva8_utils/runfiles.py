@@ -102,7 +102,7 @@ def resume_differences(saved: dict[str, Any], cfg: TrainConfig, saved_world: int
     """The settings ``cfg`` changes in a saved run, other than those a resume may change
     (:data:`RESUME_MAY_CHANGE`; run-control settings never count; the per-process batch size
     when the global batch stays, ``saved_world`` and ``world`` being the numbers of processes). The saved config is
-    read as a resume reads it (an old recipe name or format counts as its value now)."""
+    read as a resume reads it."""
     from .config import build_config
 
     base = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "out")}
