@@ -143,7 +143,7 @@ def test_the_own_loop_example_runs_as_written(tmp_path):
     p = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env=cli_env(MPLBACKEND="Agg"))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "epochs [1, 2] 8" in p.stdout and "figures Figure Figure" in p.stdout
-    assert len(re.findall(r"Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/256 \(", p.stderr + p.stdout)) == 2
+    assert "epochs [1, 2] 4" in p.stdout and "figures Figure Figure" in p.stdout
+    assert len(re.findall(r"Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/128 \(", p.stderr + p.stdout)) == 2
     for name in ("curves.png", "mistakes.png", "gradcam.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name

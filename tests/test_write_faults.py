@@ -174,7 +174,7 @@ def test_metrics_json_that_cannot_be_written_is_said_in_the_line(monkeypatch, tm
 def test_a_picture_or_report_that_cannot_be_written_is_a_warning(monkeypatch, tmp_path, name):
     run = tmp_path / "run"
     fail_writes(monkeypatch, name, errno.ENOSPC, first=1)
-    proc = run_cli(TINY[:-4] + ["--epochs", "1", "--analysis", "--out", str(run)])
+    proc = run_cli(TINY[:-4] + ["--epochs", "1", "--analysis", "--num-images", "2", "--out", str(run)])
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
     where = "images/curves.png" if name == "curves.png" else "report.md"
     warning = (f"{where} could not be written (no space left on the device); training and checkpoints are saved: "
