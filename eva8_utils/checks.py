@@ -31,8 +31,11 @@ MIN_CAM_SIZE = 5  # a CAM on a smaller map says little about where the evidence 
 # ---------------------------------------------------------------------------------------
 
 def layer_names(model: nn.Module, depth: int = 2) -> list[str]:
-    """Dotted names of the model's modules up to ``depth`` levels (for error messages)."""
-    return [n for n, _ in model.named_modules() if n and n.count(".") < depth]
+    """Dotted names of the model's modules up to ``depth`` levels that may give a CAM a map (for
+    error messages): layers with weights or sub-layers, not a linear head, dropout or flatten."""
+    flat = (nn.Linear, nn.Dropout, nn.Flatten, nn.Identity)
+    return [n for n, m in model.named_modules() if n and n.count(".") < depth and not isinstance(m, flat)
+            and (any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.children()))]
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
