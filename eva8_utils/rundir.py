@@ -73,8 +73,8 @@ class RunDir:
         self.started = False
         self.mode = "new run"              # or: starting over, resuming, finished: showing it (open_for)
         self.restart = False               # a run stopped before its first checkpoint: start its config again
-        self.wall_before = 0.0             # wall time of the earlier sessions of a resumed run (seconds)
-        self._session_start: float | None = None
+        self.wall_before = 0.0             # wall time of a resumed run before this process (seconds)
+        self._process_start: float | None = None
         self._writer = None                # TensorBoard SummaryWriter (lazily)
         self.faults = WriteFaults(self.path)  # what a failed write says, and the epoch to resume from
 
@@ -279,7 +279,7 @@ class RunDir:
         from .data import commit_cache
 
         cfg = exp.cfg
-        self._session_start = time.perf_counter()
+        self._process_start = time.perf_counter()
         if D.is_main():
             if (cfg.overwrite or self.restart) and self.path.exists():
                 self.clear()
@@ -309,8 +309,8 @@ class RunDir:
         self.write_metrics("running", **exp.run_facts())
 
     def wall_time(self) -> float:
-        """Seconds of wall time of the run so far, earlier sessions of a resumed run included."""
-        now = time.perf_counter() - self._session_start if self._session_start is not None else 0.0
+        """Seconds of wall time of the run so far, the time before a resume included."""
+        now = time.perf_counter() - self._process_start if self._process_start is not None else 0.0
         return self.wall_before + now
 
     def remove_temporary_files(self) -> list[Path]:
@@ -408,8 +408,8 @@ class RunDir:
         return SaveRun(self, exp)
 
     def finish(self, **values: Any) -> dict[str, Any]:
-        """After the analysis: metrics.json says ``done``. A ``wall_time_s`` of this session
-        gets the earlier sessions' added (a resumed run)."""
+        """After the analysis: metrics.json says ``done``. A ``wall_time_s`` of this process
+        gets the time before the resume added (a resumed run)."""
         if "wall_time_s" in values:
             values["wall_time_s"] = round(self.wall_before + float(values["wall_time_s"]), 2)
         metrics = self.write_metrics("done", **values)

@@ -97,9 +97,12 @@ class CallbackList:
         if event not in EVENTS and event != "on_warning":
             raise AttributeError(event)
 
+        methods = [getattr(c, event) for c in self.callbacks]
+
         def call(state: "TrainState", *args: Any) -> None:
-            for c in self.callbacks:
-                getattr(c, event)(state, *args)
+            for method in methods:
+                method(state, *args)
+        setattr(self, event, call)  # looked up once: the training step calls events every batch
         return call
 
     def find(self, kind: type) -> Any:
@@ -167,7 +170,7 @@ class TrainState:
                 "correct": self.correct.detach().to(**copy), "l1_sum": self.penalty_sum.detach().to(**copy),
                 "penalised": self.penalised, "lrs": list(self.lrs),
                 "step_losses": [float(v) for v in self.step_losses], "rng": get_rng_state(),
-                "elapsed_s": time.perf_counter() - self.t0 + self.elapsed_before}
+                "elapsed_s": self.elapsed()}
 
     def elapsed(self) -> float:
         """Seconds this epoch has trained (including the part before a resume)."""
