@@ -290,7 +290,7 @@ def sample_mix_params(n_batches: int, aug: AugmentConfig, size: tuple[int, int],
     Returns arrays of length ``n_batches``: ``apply`` (bool), ``cutmix`` (bool: CutMix,
     else MixUp; with both enabled each batch picks one with p=0.5), ``lam`` (the weight of
     the batch itself; for CutMix, 1 - the pasted box's area fraction after clipping) and
-    the box ``y0, y1, x0, x1`` (CutMix).
+    the box ``y0, y1, x0, x1`` (CutMix) around its centre ``cy, cx``.
     """
     rng = np.random.default_rng(seed)
     h, w = size
@@ -309,7 +309,8 @@ def sample_mix_params(n_batches: int, aug: AugmentConfig, size: tuple[int, int],
     x0, x1 = np.clip(cx - bw // 2, 0, w), np.clip(cx - bw // 2 + bw, 0, w)
     lam_box = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
     lam = np.where(apply, np.where(use_cut, lam_box, lam_mix), 1.0)
-    return {"apply": apply, "cutmix": use_cut & apply, "lam": lam, "y0": y0, "y1": y1, "x0": x0, "x1": x1}
+    return {"apply": apply, "cutmix": use_cut & apply, "lam": lam, "y0": y0, "y1": y1, "x0": x0, "x1": x1,
+            "cy": cy, "cx": cx}
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, params: dict[str, Any]) -> tuple[torch.Tensor,

@@ -331,3 +331,134 @@ def test_cutout_fills_with_the_mean_or_the_grey_level_asked_for(fill):
         values = xb[:, c].flatten()
         filled = values[(values - plain[c]).abs() > 1e-4]
         assert len(filled) >= 8 * 9 and torch.allclose(filled, want[c].expand_as(filled), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- promises found by the mutation check
+def _ramp(b=1, h=16, w=16):
+    """Images whose pixels all differ (a ramp along rows and columns): any misplaced pixel shows."""
+    return torch.arange(b * 3 * h * w, dtype=torch.float32).view(b, 3, h, w) / (h * w)
+
+
+def test_rotation_by_90_degrees_is_a_quarter_turn_and_scale_zooms_in():
+    x = _ramp()
+    one, zero, yes = torch.ones(1), torch.zeros(1), torch.tensor([True])
+    quarter = A.affine(x, yes, zero, zero, one, torch.full((1,), 90.0))
+    back = A.affine(quarter, yes, zero, zero, one, torch.full((1,), -90.0))
+    turns = [k for k in (1, 3) if torch.allclose(quarter, torch.rot90(x, k, dims=(2, 3)), atol=1e-4)]
+    assert len(turns) == 1                             # a rotation, not a mirror or a near-quarter turn
+    assert torch.allclose(back, x, atol=1e-4)          # -90 turns it back
+    # scale s: the image is magnified s times about its centre (a column ramp's slope times 1/s)
+    cols = torch.arange(16, dtype=torch.float32).expand(1, 3, 16, 16).contiguous()
+    zoomed = A.affine(cols, yes, zero, zero, torch.full((1,), 2.0), zero)
+    slope = (zoomed[0, 0, 8, 10] - zoomed[0, 0, 8, 5]) / 5
+    assert float(slope) == pytest.approx(0.5, abs=1e-4)
+    # zoom and turn together: the turned zoom
+    both = A.affine(x, yes, zero, zero, torch.full((1,), 2.0), torch.full((1,), 90.0))
+    zoom_only = A.affine(x, yes, zero, zero, torch.full((1,), 2.0), zero)
+    assert torch.allclose(both, torch.rot90(zoom_only, turns[0], dims=(2, 3)), atol=1e-4)
+
+
+def test_a_vertical_shift_moves_content_down_by_its_fraction_of_the_height():
+    x = _ramp(2)
+    zeros, ones, mask = torch.zeros(2), torch.ones(2), torch.tensor([True, True])
+    down = A.affine(x, mask, zeros, torch.full((2,), 3 / 16), ones, zeros)  # 3 pixels down
+    assert torch.allclose(down[:, :, 3:, :], x[:, :, :-3, :], atol=1e-4)
+    assert torch.equal(down[:, :, :3, :], torch.zeros_like(down[:, :, :3, :]))
+
+
+def test_contrast_works_around_each_images_luma_and_the_result_stays_in_0_1():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 6, 6, generator=g) * torch.tensor([0.9, 0.3, 0.6]).view(1, 3, 1, 1)  # channels differ
+    mask = torch.ones(3, dtype=torch.bool)
+    b, c = torch.tensor([1.1, 0.9, 1.0]), torch.tensor([1.3, 0.7, 1.5])
+    out = A.brightness_contrast(x, mask, b, c)
+    y = x * b.view(-1, 1, 1, 1)
+    luma = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]).mean(dim=(1, 2)).view(-1, 1, 1, 1)
+    assert torch.allclose(out, ((y - luma) * c.view(-1, 1, 1, 1) + luma).clamp(0, 1), atol=1e-6)
+    strong = A.brightness_contrast(x, mask, torch.full((3,), 1.8), torch.full((3,), 3.0))
+    assert float(strong.min()) == 0.0 and float(strong.max()) == 1.0   # clipped at both ends, not beyond
+
+
+def test_an_odd_cutout_side_covers_exactly_that_many_rows_and_columns():
+    m = A.cutout_mask((1, 1, 20, 20), 5, torch.tensor([10]), torch.tensor([7]), torch.tensor([True]))[0, 0]
+    rows, cols = m.any(1).nonzero().flatten().tolist(), m.any(0).nonzero().flatten().tolist()
+    assert rows == [8, 9, 10, 11, 12] and cols == [5, 6, 7, 8, 9]   # [c - 5//2, c - 5//2 + 5)
+
+
+def test_every_enabled_augmentation_reaches_the_images_through_the_pipeline():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    grey = A.AugmentConfig(crop_padding=0, flip="none", cutout=0, grayscale_p=1.0)
+    out = A.apply_colour(x, A.sample_params(8, grey, (32, 32), g))
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    turned = A.AugmentConfig(crop_padding=0, flip="none", cutout=0, affine_p=1.0)
+    out = A.apply_geometric(x, A.sample_params(8, turned, (32, 32), g), turned)
+    assert (out - x).abs().flatten(1).amax(1).min() > 0.05           # every image moved
+    sized = A.AugmentConfig(crop_padding=0, flip="none", cutout=9, cutout_min=3)
+    p = A.sample_params(8, sized, (32, 32), g)
+    p["cut_y"], p["cut_x"] = torch.full((8,), 16), torch.full((8,), 16)  # centred: nothing clipped
+    out = A.apply_geometric(torch.ones(8, 3, 32, 32), p, sized)
+    assert (out[:, 0] == 0).sum(dim=(1, 2)).tolist() == (p["cut_size"] ** 2).tolist()
+
+
+@pytest.mark.parametrize("setting, keys", [
+    (dict(crop_padding=1, flip="none", cutout=0), {"crop_y", "crop_x"}),
+    (dict(crop_padding=0, flip="none", cutout=1), {"cutout", "cut_y", "cut_x"}),
+    (dict(crop_padding=0, flip="none", cutout=4, cutout_min=1), {"cutout", "cut_y", "cut_x", "cut_size"}),
+    (dict(crop_padding=0, flip="none", cutout=0, grayscale_p=0.5), {"gray"}),
+    (dict(crop_padding=0, flip="none", cutout=0), set()),
+])
+def test_the_smallest_setting_of_each_augmentation_enables_it_and_zero_disables_it(setting, keys):
+    p = A.sample_params(64, A.AugmentConfig(**setting), (16, 16), torch.Generator().manual_seed(0))
+    assert set(p) == keys
+    if "crop_y" in p:
+        assert set(p["crop_y"].tolist()) == {0, 1, 2}
+    if "cut_size" in p:
+        assert set(p["cut_size"].tolist()) == {1, 2, 3, 4}
+
+
+def test_drawn_parameters_span_their_whole_ranges_and_repeat_from_the_generator_alone():
+    aug = A.AugmentConfig(jitter_p=1.0, brightness=0.2, contrast=0.3, affine_p=1.0, affine_shift=0.1,
+                          affine_scale=0.15, affine_rotate=10.0, cutout=8, cutout_min=2)
+    p = A.sample_params(20_000, aug, (32, 32), torch.Generator().manual_seed(0))
+    for key, lo, hi in (("brightness", 0.8, 1.2), ("contrast", 0.7, 1.3), ("shift_x", -0.1, 0.1),
+                        ("shift_y", -0.1, 0.1), ("scale", 0.85, 1.15), ("angle", -10.0, 10.0)):
+        span = hi - lo
+        assert lo <= float(p[key].min()) < lo + 0.01 * span and hi - 0.01 * span < float(p[key].max()) <= hi, key
+    torch.manual_seed(123)  # the global generator must play no part
+    again = A.sample_params(20_000, aug, (32, 32), torch.Generator().manual_seed(0))
+    assert all(torch.equal(p[k], again[k]) for k in p)
+
+
+def test_an_unmixed_batch_gets_float_one_hot_targets_of_the_full_width():
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])         # class 9 absent from the batch
+    _, t = A.mix_batch(x, y, 10, {**_mix("mixup"), "apply": False})
+    assert t.dtype == torch.float32 and t.shape == (4, 10) and torch.equal(t.argmax(1), y)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(1.0, 0.0), (0.0, 1.0)])
+def test_with_one_kind_of_mixing_enabled_every_batch_uses_it(mixup, cutmix):
+    a = A.sample_mix_params(500, A.AugmentConfig(mixup=mixup, cutmix=cutmix), (32, 32), seed=1)
+    assert a["apply"].all() and (a["cutmix"] == (cutmix > 0)).all()
+    assert (a["lam"] < 1).mean() > 0.95                                  # mixed, not passed through
+
+
+def test_cutmix_boxes_are_integer_clipped_centred_and_sized_by_beta():
+    h = w = 32
+    n = 4000
+    a = A.sample_mix_params(n, A.AugmentConfig(cutmix=1.0), (h, w), seed=2)
+    y0, y1, x0, x1, cy, cx = (a[k] for k in ("y0", "y1", "x0", "x1", "cy", "cx"))
+    assert all(np.issubdtype(v.dtype, np.integer) for v in (y0, y1, x0, x1))
+    assert (0 <= y0).all() and (y0 <= y1).all() and (y1 <= h).all() and (0 <= x0).all() and (x0 <= x1).all() \
+        and (x1 <= w).all()
+    assert set(cy.tolist()) == set(range(h)) and set(cx.tolist()) == set(range(w))   # every centre, nothing else
+    assert (y0 == 0).any() and (y1 == h).any() and (x0 == 0).any() and (x1 == w).any()
+    inside = (y0 > 0) & (y1 < h) & (x0 > 0) & (x1 < w)                  # boxes no border clipped
+    assert inside.sum() > 200
+    side = y1 - y0
+    assert (side[inside] == (x1 - x0)[inside]).all()                    # square on a square image
+    assert (y0[inside] == cy[inside] - side[inside] // 2).all() and (x0[inside] == cx[inside] - side[inside] // 2).all()
+    # side = floor(h * sqrt(1 - lam)), lam ~ Beta(1, 1): (side/h)^2 about uniform on [0, 1], and the
+    # unclipped ones lean small (a big box is more often clipped): about 0.17 here
+    frac = (side[inside] / h) ** 2
+    assert 0.1 < frac.mean() < 0.3 and len(np.unique(side[inside])) > 20

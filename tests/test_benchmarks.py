@@ -12,14 +12,14 @@ import tarfile
 
 import pytest
 
-from conftest import ROOT, cli_env, read_metrics
+from conftest import HANG_S, ROOT, cli_env, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # the benchmark scripts: .ci/run runs them after the default suite
 
 
 def _run(args, tmp_path, **env):
     out = subprocess.run(args, cwd=ROOT, env=cli_env(OMP_NUM_THREADS="2", **env), capture_output=True, text=True,
-                         timeout=600)
+                         timeout=HANG_S)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out
 
@@ -69,13 +69,13 @@ def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
 
 def test_gpu_script_refuses_a_missing_data_folder_with_one_line_and_writes_nothing(tmp_path):
     out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], cwd=ROOT,
-                         env=cli_env(), capture_output=True, text=True, timeout=60)
+                         env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "is not a folder" in out.stderr and "CIFAR-10 JPEG copy" in out.stderr
     assert not (tmp_path / "gpu").exists()
     for bad in ({"SCREEN": "fast|e 11:--epochs 11"}, {"TIMED": "e14/x:--epochs 14"}):
         out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), str(tmp_path / "gpu")], cwd=ROOT,
-                             env=cli_env(**bad), capture_output=True, text=True, timeout=60)
+                             env=cli_env(**bad), capture_output=True, text=True, timeout=HANG_S)
         assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
         assert "variant name" in out.stderr and "letters, digits and _" in out.stderr
         assert not (tmp_path / "gpu").exists()
@@ -157,7 +157,7 @@ def test_tta_schemes_match_the_package_and_shift_the_right_way():
 
 def test_tta_benchmark_refuses_a_folder_without_a_checkpoint(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/bench_tta.py", "--data-dir", str(tmp_path), str(tmp_path)],
-                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [f"error: {tmp_path} has no checkpoints/last.pt; give run folders of "
                                                f"finished runs"]
@@ -178,7 +178,7 @@ def test_loader_benchmark_times_each_kind_of_epoch_of_each_recipe(tmp_path):
     for e in (sgd["full_size"], fast["full_size"], fast["low_res"]):
         assert len(e["all_seconds"]) == 2 and e["seconds"] == pytest.approx(sum(e["all_seconds"]) / 2, abs=1e-3)
     bad = subprocess.run([sys.executable, "benchmarks/bench_loader.py", "--recipes", "turbo", "--synthetic", "64"],
-                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --recipes takes names from resnet18, fast, fast_sgd")
 
 
@@ -241,7 +241,7 @@ def test_subset_screening_trains_later_epochs_on_the_highest_loss_images(tmp_pat
         S.OPTS.subset_from, S.OPTS.subset_fraction, S.OPTS.select = 0, 1.0, "loss"
         S.STATE.update(loss=None, idx=None)
     bad = subprocess.run([sys.executable, "benchmarks/screen_subsets.py", "--subset-from", "1", "--", "--recipe",
-                          "fast"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+                          "fast"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip().splitlines() == [
         "error: --subset-from must be 0 (off) or >= 2 (epoch 1 trains on every image), with --subset-fraction in (0, 1)"]
 
@@ -255,7 +255,7 @@ def test_resnet18_comparison_summarises_its_runs_and_stops_on_a_bad_setting_with
         assert run["test_acc"] == read_metrics(tmp_path / "ok" / name)["test_acc"]
     out = subprocess.run([sys.executable, "benchmarks/bench_resnet18_subset.py", "--smoke", "--subset", "-5",
                           "--out-dir", str(tmp_path / "bad")], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                         timeout=300)
+                         timeout=HANG_S)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "error: --train-subset must be >= 0 (0 = all), got -5"
     assert not (tmp_path / "bad" / "summary.json").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import cli_env, run_cli
+from conftest import HANG_S, cli_env, run_cli
 from eva8_utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from eva8_utils.errors import CheckpointError, UntrustedCodeError, UserError
 from eva8_utils.models import create_model
@@ -272,7 +272,7 @@ def test_a_space_of_an_own_model_runs_from_its_folder(tmp_path, code_dir):
     code = "import runpy; ns = runpy.run_path('app.py'); print(type(ns['app']).__name__)"
     env = cli_env()
     env["PYTHONPATH"] = ""
-    p = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().endswith("Blocks")
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, cli_env, read_metrics, run_cli
+from conftest import HANG_S, ROOT, TINY, cli_env, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_console_script_help_groups_the_flags_lists_subcommands_and_ends_quietly
     exe = shutil.which("eva8")
     if exe is None:
         pytest.skip("the package is not pip-installed in this environment")
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0 and "--batch-size" in out.stdout and "--max-lr" in out.stdout
     text = out.stdout
     for group in ("data settings", "augmentation settings", "model settings", "optimisation settings",
@@ -153,7 +153,7 @@ def test_console_script_help_groups_the_flags_lists_subcommands_and_ends_quietly
     assert text.rstrip().splitlines()[-1].startswith("  eva8 demo")  # ends with examples
     for cmd in (f"{exe} stats --dataset shapes --shapes-train 500 --shapes-test 20 | head -2",
                 f"{exe} --help | head -1"):
-        p = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, timeout=300,
+        p = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, timeout=HANG_S,
                            env=cli_env())
         assert p.stderr == "", p.stderr  # no BrokenPipeError traceback
         assert len(p.stdout.splitlines()) <= 2
@@ -240,12 +240,12 @@ def test_own_models_from_the_cli_train_resume_load_and_explain(tmp_path, user_mo
     by_name_trust, by_ref_trust = "dict(imports=['mynets'])", "dict(model='mynets:Small')"
     p = subprocess.run([sys.executable, "-c", code, str(by_name / "checkpoints" / "best.pt"), by_name_trust,
                         str(by_ref / "checkpoints" / "last.pt"), by_ref_trust], capture_output=True, text=True,
-                       timeout=300, env=cli_env(PYTHONPATH=f"{ROOT}:{user_module}"))
+                       timeout=HANG_S, env=cli_env(PYTHONPATH=f"{ROOT}:{user_module}"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split("\n")[:2] == ["Small small_user_net 10", "Small mynets:Small 10"]
     # without the module on the path: one line naming it
     p = subprocess.run([sys.executable, "-c", code, str(by_ref / "checkpoints" / "last.pt"), by_ref_trust],
-                       capture_output=True, text=True, timeout=300, env=cli_env())
+                       capture_output=True, text=True, timeout=HANG_S, env=cli_env())
     assert p.returncode != 0 and "cannot import it (ModuleNotFoundError: No module named 'mynets')" in p.stderr
     # YAML works too
     (tmp_path / "c.yaml").write_text("imports: [mynets]\nmodel: small_user_net\n")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cli_env, run_cli, shared_between_workers
+from conftest import HANG_S, ROOT, cli_env, run_cli, shared_between_workers
 
 pytestmark = pytest.mark.slow
 
@@ -67,20 +67,20 @@ def test_the_demo_in_a_real_browser(trained, tmp_path):
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                               "--disable-component-update", "--disable-sync", "--no-first-run"])
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.goto(f"http://127.0.0.1:{port}/", timeout=HANG_S * 1000)
             page.locator("#input-image input[type=file]").set_input_files(str(image))
             label = page.locator("#top-classes")
-            label.get_by_text(expected, exact=True).first.wait_for(timeout=60_000)
+            label.get_by_text(expected, exact=True).first.wait_for(timeout=HANG_S * 1000)
             lines = [ln.strip() for ln in label.inner_text().splitlines() if ln.strip() and ln.strip() != "top classes"]
             assert lines[0] == expected, lines  # the top-1 class heads the output, then the bars
             assert sum(ln.endswith("%") for ln in lines) == 3  # top-3 bars with their probabilities
             cam = page.locator("#cam-image img")
-            cam.first.wait_for(timeout=60_000)
+            cam.first.wait_for(timeout=HANG_S * 1000)
             src = cam.first.get_attribute("src") or ""
             assert src and ("/file=" in src or src.startswith("data:image") or "/gradio_api/" in src)
             # the controls re-run it: another CAM method gives an image again
             page.locator("#classify").click()
-            cam.first.wait_for(timeout=60_000)
+            cam.first.wait_for(timeout=HANG_S * 1000)
             browser.close()
     finally:
         app.close()
@@ -97,7 +97,7 @@ def test_demo_export_is_a_space_that_runs_without_this_checkout(trained, tmp_pat
     code = "import runpy; ns = runpy.run_path('app.py'); print(type(ns['app']).__name__)"
     env = cli_env()
     env["PYTHONPATH"] = ""
-    p = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().endswith("Blocks")
     proc = run_cli(["demo", "--checkpoint", str(trained), "--export", str(out)])

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, read_metrics, run_cli, shared_between_workers
+from conftest import HANG_S, ROOT, cli_env, read_metrics, run_cli, shared_between_workers
 from eva8_utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ COMMON = ["--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "101"
           "--precision", "fp32", "--no-progress", "--lr", "0.2"]
 
 
-def _torchrun(args, nproc=2, timeout=600):
+def _torchrun(args, nproc=2, timeout=HANG_S):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "eva8_utils.main", *args]
     return subprocess.run(cmd, cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,

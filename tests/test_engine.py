@@ -680,11 +680,11 @@ print(faults() - before)
 def test_building_an_experiment_leaves_the_processs_allocator_alone():
     """A library changes no process-wide state: after build(), freed memory still goes back
     to the OS as glibc's default has it (a fresh mmap, faulted in page by page, every time)."""
-    from conftest import ROOT, cli_env
+    from conftest import HANG_S, ROOT, cli_env
 
     def faults(build: str) -> int:
         out = subprocess.run([sys.executable, "-c", _FAULTS, build], cwd=ROOT, env=cli_env(), capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=HANG_S)
         assert out.returncode == 0, out.stderr[-2000:]
         return int(out.stdout.split()[-1])
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, read_metrics, run_cli
+from conftest import HANG_S, ROOT, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def _execute(tmp_path, name, **params):
 
     out = tmp_path / f"{name}.ipynb"
     papermill.execute_notebook(str(ROOT / "S7.ipynb"), str(out), parameters={**PARAMS, **params}, cwd=str(ROOT),
-                               kernel_name="python3", progress_bar=False, execution_timeout=900)
+                               kernel_name="python3", progress_bar=False, execution_timeout=HANG_S)
     nb = nbformat.read(out, as_version=4)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
@@ -103,7 +103,7 @@ def test_a_wrong_parameter_stops_the_notebook_with_one_line_and_writes_nothing(t
     out, run_dir = tmp_path / "bad.ipynb", tmp_path / "badrun"
     with pytest.raises(papermill.PapermillExecutionError) as e:
         papermill.execute_notebook(str(ROOT / "S7.ipynb"), str(out), cwd=str(ROOT), kernel_name="python3",
-                                   progress_bar=False, execution_timeout=300,
+                                   progress_bar=False, execution_timeout=HANG_S,
                                    parameters=dict(DATASET="shapes", RECIPE="fast", EPOCHS=5, USE_DRIVE=False,
                                                    RUN_DIR=str(run_dir)))
     assert e.value.ename == "ConfigError" and "--low-res-epochs must be >= 0 and < --epochs (5)" in e.value.evalue

@@ -1,0 +1,131 @@
+"""Mutation check of one module at a time, with mutmut 3.
+
+    pip install "mutmut>=3.8,<4"
+    python tools/mutation.py augment              # mutate eva8_utils/augment.py, run its tests
+    python tools/mutation.py checkpoint rundir    # several, one after the other
+    python tools/mutation.py --list               # the modules and the test files that cover them
+
+mutmut changes one thing in the module at a time (a constant, an operator, a comparison, an
+argument dropped) and runs the tests that reach the changed function; a test that fails
+"kills" the mutant. A mutant that survives is either a missing test or a change nobody can see
+(a message's wording, an equivalent expression): docs/testing.md lists each survivor and which.
+
+Each module runs in its own scratch copy of the checkout (.scratch/mutation/MODULE/), with a
+mutmut configuration written there: only that module mutated, only its test files run, in
+one process (no xdist workers, one torch thread). The summary, and every survivor's diff,
+goes to .scratch/mutation/MODULE/survivors.md. Not part of CI: a module takes from minutes
+(augment) to about an hour on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The test files that check each module's promises directly (in this process, on small
+# inputs). End-to-end CLI files are left out where they would make one mutant cost minutes.
+MODULE_TESTS: dict[str, list[str]] = {
+    "augment": ["tests/test_augment.py", "tests/test_promises.py"],
+    "checkpoint": ["tests/test_checkpoint_trust.py", "tests/test_promises.py", "tests/test_engine.py"],
+    "rundir": ["tests/test_write_faults.py", "tests/test_promises.py", "tests/test_rundir.py"],
+    "engine/loop": ["tests/test_engine.py", "tests/test_promises.py"],
+    "engine/callbacks": ["tests/test_engine.py", "tests/test_promises.py"],
+    "data": ["tests/test_data.py"],
+}
+# Tests that start Python in another folder: mutmut's mutated code, imported there, finds no
+# configuration and fails whatever the mutant. They still run in the normal suite.
+DESELECT = ["tests/test_checkpoint_trust.py::test_a_space_of_an_own_model_runs_from_its_folder"]
+# What the tests read besides the package and tests/ (copied into the scratch checkout).
+ALSO_COPY = ["README.md", "docs", "configs", "S7.ipynb", "requirements.txt"]
+
+
+def scratch_checkout(module: str) -> Path:
+    """A copy of the checkout's package, tests and what they read, with mutmut's configuration."""
+    work = ROOT / ".scratch" / "mutation" / module.replace("/", "_")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "eva8_utils", work / "eva8_utils", ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    for name in ALSO_COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=ignore)
+        elif src.exists():
+            shutil.copy(src, work / name)
+    tests = [t for t in MODULE_TESTS[module] if (ROOT / t).exists()]
+    config = {"source_paths": ["eva8_utils/"], "only_mutate": [f"eva8_utils/{module}.py"],
+              "pytest_add_cli_args_test_selection": tests, "also_copy": ALSO_COPY,
+              # one process, one torch thread: no xdist workers (mutmut forks per mutant)
+              "pytest_add_cli_args": ["-n", "0", "-p", "no:cacheprovider"] + [f"--deselect={t}" for t in DESELECT],
+              "use_git_change_detection": False}
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    (work / "pyproject.toml").write_text(pyproject + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n")
+    return work
+
+
+def mutmut_command() -> str:
+    """mutmut's console script: under ``python -m mutmut`` its module is imported twice and
+    the mutated code's first call fails ("context has already been set")."""
+    beside = Path(sys.executable).with_name("mutmut")
+    return str(beside) if beside.exists() else (shutil.which("mutmut") or "mutmut")
+
+
+def run_module(module: str, children: int) -> dict:
+    work = scratch_checkout(module)
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH="")
+    print(f"== {module}: mutmut in {work}", flush=True)
+    subprocess.run([mutmut_command(), "run", "--max-children", str(children)],
+                   cwd=work, env=env, check=False)
+    return summarise(module, work, env)
+
+
+def summarise(module: str, work: Path, env: dict) -> dict:
+    """Counts by status from mutmut's .meta files; every survivor's diff into survivors.md."""
+    codes: dict[str, int | None] = {}
+    for meta in (work / "mutants").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    from mutmut.stats import status_by_exit_code  # what each of mutmut's exit codes means
+
+    counts = Counter(status_by_exit_code[code] for code in codes.values())
+    survivors = sorted(name for name, code in codes.items() if code == 0)
+    report = [f"# {module}: {len(codes)} mutants, " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), ""]
+    for name in survivors:
+        diff = subprocess.run([mutmut_command(), "show", name], cwd=work, env=env,
+                              capture_output=True, text=True).stdout
+        report += [f"## {name}", "```diff", diff.strip(), "```", ""]
+    (work / "survivors.md").write_text("\n".join(report))
+    print(report[0])
+    print(f"survivors' diffs: {work / 'survivors.md'}")
+    return {"module": module, "mutants": len(codes), **counts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="modules under eva8_utils/ (e.g. augment, engine/loop)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their test files")
+    parser.add_argument("--children", type=int, default=os.cpu_count() or 2, help="mutants run at once")
+    args = parser.parse_args(argv)
+    if args.list or not args.modules:
+        for module, tests in MODULE_TESTS.items():
+            print(f"{module:18} {' '.join(tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULE_TESTS]
+    if unknown:
+        print(f"error: no test files listed for {', '.join(unknown)}; add them to MODULE_TESTS in {__file__}")
+        return 2
+    results = [run_module(m, args.children) for m in args.modules]
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
