@@ -347,3 +347,22 @@ def test_progressive_resizing_by_crop_refuses_a_window_larger_than_the_images():
         D.DeviceLoader(s.x_train, s.y_train, batch_size=4, mean=s.mean, std=s.std, train=True, aug=aug)
     resize = AugmentConfig(low_res_size=40, low_res_epochs=1)  # resize mode may also enlarge
     D.DeviceLoader(s.x_train, s.y_train, batch_size=4, mean=s.mean, std=s.std, train=True, aug=resize)
+
+
+def test_the_airbench_files_hold_the_folder_loaders_pixels_labels_and_classes(tmp_path):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("airbench_data", ROOT / "benchmarks" / "airbench_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = make_folder(tmp_path / "ds", classes=("cat", "dog", "emu"), per_class=2)
+    assert mod.main([str(root), str(tmp_path / "ab"), "--cache-dir", "off"]) == 0
+    splits = D.load_folder(root, cache_dir=None)
+    for name, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
+        d = torch.load(tmp_path / "ab" / f"{name}.pt", weights_only=True)  # what airbench's CifarLoader reads
+        assert d["images"].dtype == torch.uint8 and d["images"].shape == x.shape and x.shape[-1] == 3  # NHWC
+        assert np.array_equal(d["images"].numpy(), x) and d["labels"].dtype == torch.int64
+        assert d["labels"].tolist() == y.tolist() and d["classes"] == ["cat", "dog", "emu"]
+    assert mod.main([str(tmp_path / "missing"), str(tmp_path / "ab2")]) == 2 and not (tmp_path / "ab2").exists()
