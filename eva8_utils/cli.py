@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import logging
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import distributed as D
@@ -20,6 +22,14 @@ from .config import GROUPS, TrainConfig, field_meta, flag
 from .errors import ConfigError
 
 logger = logging.getLogger("eva8_utils")
+
+
+def command(sub: str = "") -> str:
+    """The command line as the user typed it, for usage and hints: ``eva8`` (the console
+    script) or ``python -m eva8_utils.main``, then the subcommand."""
+    exe = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    name = "eva8" if exe == "eva8" else "python -m eva8_utils" if exe == "__main__.py" else "python -m eva8_utils.main"
+    return f"{name} {sub}".strip()
 
 
 class Parser(argparse.ArgumentParser):

@@ -247,9 +247,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, Sequence[Any]], out: str | Path
 # Command line
 # ---------------------------------------------------------------------------------------
 def compare_cli(argv: Sequence[str]) -> int:
-    from .cli import Parser
+    from .cli import Parser, command
 
-    p = Parser(prog="eva8 compare", description="Compare run folders: curves of all runs together, a table "
+    p = Parser(prog=command("compare"), description="Compare run folders: curves of all runs together, a table "
                "(markdown and CSV) with the settings that differ, one misclassified grid per run.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
     p.add_argument("--labels", nargs="+", help="one name per run (default: the folder names)")
@@ -268,11 +268,11 @@ def compare_cli(argv: Sequence[str]) -> int:
 
 def sweep_cli(argv: Sequence[str]) -> int:
     from .config import load_yaml
-    from .cli import Parser, StopRequest, add_config_flags
+    from .cli import Parser, StopRequest, add_config_flags, command
 
     import argparse
 
-    p = Parser(prog="eva8 sweep", argument_default=argparse.SUPPRESS,
+    p = Parser(prog=command("sweep"), argument_default=argparse.SUPPRESS,
                description="Train every combination of the values given to the flags (a flag given several "
                            "values is swept; booleans take one), one run folder each under --out, then compare "
                            "them there. Started again, it skips finished runs and resumes an unfinished one.",
@@ -283,10 +283,10 @@ def sweep_cli(argv: Sequence[str]) -> int:
     ns = vars(p.parse_args(argv))
     out = ns.pop("out", None)
     if not out or len(out) != 1:
-        raise ConfigError("eva8 sweep needs one --out DIR (the sweep folder)")
+        raise ConfigError(f"{p.prog} needs one --out DIR (the sweep folder)")
     for k in ("resume", "overwrite"):
         if ns.pop(k, False):
-            raise ConfigError(f"eva8 sweep does not take --{k}; started again, a sweep resumes by itself")
+            raise ConfigError(f"{p.prog} does not take --{k}; started again, a sweep resumes by itself")
     yaml_values = load_yaml(ns.pop("config")) if "config" in ns else {}
     flags, grid = {}, {}
     for k, v in ns.items():
@@ -298,7 +298,7 @@ def sweep_cli(argv: Sequence[str]) -> int:
         else:
             flags[k] = v
     if not grid:
-        raise ConfigError("eva8 sweep: give at least one flag several values, e.g. --norm batch group layer")
+        raise ConfigError(f"{p.prog}: give at least one flag several values, e.g. --norm batch group layer")
     base = build_config(yaml_values, flags)
     with StopRequest() as stop:
         result = run_sweep(base, grid, out[0], stop=stop)

@@ -231,9 +231,9 @@ def _user_modules(names: Sequence[str]) -> list[Path]:
 
 
 def demo_cli(argv: Sequence[str]) -> int:
-    from .cli import Parser, add_trust_flags
+    from .cli import Parser, add_trust_flags, command
 
-    p = Parser(prog="eva8 demo", description="A local web app for a checkpoint: upload an image, see the top-k "
+    p = Parser(prog=command("demo"), description="A local web app for a checkpoint: upload an image, see the top-k "
                "classes and the CAM overlay. Needs Gradio: pip install \"eva8_utils[demo]\".")
     p.add_argument("--checkpoint", required=True, help="a checkpoint of a run (e.g. RUN/checkpoints/best.pt)")
     p.add_argument("--export", metavar="DIR", help="write a Hugging Face Space folder instead of serving")

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import platform
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -511,6 +512,8 @@ def out_of_memory(e: BaseException, exp: Experiment, where: str, run=None) -> Ou
     if not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
         return None
     cfg, device = exp.cfg, exp.device
+    if _raised_in(e, "evaluate.py"):
+        where = f"the evaluation of the test split ({where})"
     half = max(1, cfg.batch_size // 2)
     tries = f"--batch-size {half}"
     if device.type == "cuda" and exp.precision.dtype is None:
@@ -521,6 +524,17 @@ def out_of_memory(e: BaseException, exp: Experiment, where: str, run=None) -> Ou
         fits = "nothing was written"
     return OutOfMemory(f"out of memory in {where} at batch size {cfg.batch_size} ({exp.model_name}, "
                        f"{exp.precision.name} on {device.type}): try {tries}; {fits}")
+
+
+def _raised_in(e: BaseException, filename: str) -> bool:
+    """Whether ``e`` was raised inside a module of the engine named ``filename``."""
+    tb = e.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename)
+        if path.name == filename and path.parent.name == "engine":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _resume_from(run) -> str:

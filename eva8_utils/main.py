@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Sequence
 
-from .cli import Parser, StopRequest, add_config_flags, field_help, flag_table  # noqa: F401 (also used from here)
+from .cli import Parser, StopRequest, add_config_flags, command, field_help, flag_table  # noqa: F401 (also used from here)
 from .config import TrainConfig, build_config, load_yaml
 from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted, UserError
 from .utils import setup_logging
@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The training CLI: one flag per TrainConfig field (``--batch-size`` for batch_size)."""
     subs = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items())
     p = Parser(
-        prog="eva8",
+        prog=command(),
         description="Train an image classifier and write a run folder (curves, misclassified images, GradCAM, "
                     "confusion matrix, checkpoints, report). The defaults are the assignment: ResNet18 on "
-                    "CIFAR-10, 20 epochs, crop+flip+cutout, SGD + OneCycle.\n\nsubcommands (eva8 SUBCOMMAND "
+                    f"CIFAR-10, 20 epochs, crop+flip+cutout, SGD + OneCycle.\n\nsubcommands ({command()} SUBCOMMAND "
                     f"--help):\n{subs}",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
     )
@@ -116,7 +116,7 @@ def stats_main(argv: Sequence[str]) -> int:
     from .data import commit_cache, dataset_stats, load_dataset
     from .experiment import check_names
 
-    p = Parser(prog="eva8 stats", description="Per-channel mean/std and class counts of a dataset.",
+    p = Parser(prog=command("stats"), description="Per-channel mean/std and class counts of a dataset.",
                argument_default=argparse.SUPPRESS)
     add_config_flags(p, ("dataset", "data_dir", "cache_dir", "image_size", "shapes_train", "shapes_test", "seed"))
     cfg = build_config(flags=vars(p.parse_args(argv)))
@@ -171,7 +171,7 @@ def analyse_main(argv: Sequence[str]) -> int:
     """``eva8 analyse --out RUN``: the analysis of a finished run again (nothing is trained)."""
     from .experiment import analyse_run
 
-    p = Parser(prog="eva8 analyse", description="Draw the pictures, the CAM checks and report.md of a finished "
+    p = Parser(prog=command("analyse"), description="Draw the pictures, the CAM checks and report.md of a finished "
                "run again from its checkpoints/last.pt (e.g. after a picture could not be written).")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
     analyse_run(p.parse_args(argv).out)

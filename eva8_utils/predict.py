@@ -152,11 +152,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def predict_cli(argv: Sequence[str]) -> int:
-    from .cli import Parser, add_trust_flags
+    from .cli import Parser, add_trust_flags, command
     from .rundir import save_figure
     from .viz import plot_cam_overlay
 
-    p = Parser(prog="eva8 predict", description="Classify image files or folders with a trained checkpoint: "
+    p = Parser(prog=command("predict"), description="Classify image files or folders with a trained checkpoint: "
                "prints a table, writes OUT/predictions.csv and, with --cam, CAM overlays in OUT/cam/.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint of a run (e.g. RUN/checkpoints/best.pt)")
@@ -188,7 +188,10 @@ def predict_cli(argv: Sequence[str]) -> int:
     atomic_write_text(out / "predictions.csv", predictions_csv(rows))
     for path, fig in figures.items():
         save_figure(fig, path)
-    pngs = figures
+    stale = [f for f in sorted((out / "cam").glob("*.png")) if f not in figures]
+    for f in stale:  # overlays of an earlier prediction into this folder: they would not match the csv
+        f.unlink()
     print(table(rows))
-    print(f"wrote {out / 'predictions.csv'}" + (f" and {len(pngs)} CAM overlays in {out / 'cam'}" if pngs else ""))
+    print(f"wrote {out / 'predictions.csv'}" + (f" and {len(figures)} CAM overlays in {out / 'cam'}" if figures else "")
+          + (f"; removed {len(stale)} CAM overlays of an earlier prediction there" if stale else ""))
     return 0

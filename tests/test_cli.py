@@ -308,6 +308,12 @@ def test_predict_prints_writes_and_draws_and_refuses_bad_files(tmp_path, smoke_r
     assert right >= 5  # the 6 labelled test images: the smoke model gets about 97% right
     assert len(list((out / "cam").glob("*.png"))) == 7
     assert "top classes" in proc.stdout
+    # again into the same folder, fewer images: the csv and the overlays describe this prediction only
+    proc = run_cli(["predict", "--checkpoint", str(smoke_run / "checkpoints" / "best.pt"), str(imgs / "sub"),
+                    "--cam", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((out / "predictions.csv").read_text().splitlines()) == 4
+    assert sorted(p.stem for p in (out / "cam").glob("*.png")) == sorted(p.stem for p in (imgs / "sub").glob("*.png"))
     bad = tmp_path / "bad"
     (imgs / "notes.png").write_bytes(b"not an image")
     proc = run_cli(["predict", "--checkpoint", str(smoke_run / "checkpoints" / "best.pt"), str(imgs), "--out",
@@ -404,3 +410,17 @@ def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: --tensorboard needs the tensorboard package: pip install tensorboard"
     assert not (tmp_path / "run").exists()
+
+
+def test_usage_hints_name_the_command_as_it_was_typed(monkeypatch):
+    from eva8_utils.cli import command
+    from eva8_utils.errors import ConfigError
+    from eva8_utils.main import build_parser
+
+    for argv0, expect in (("/venv/bin/eva8", "eva8 predict"), ("/x/eva8_utils/main.py", "python -m eva8_utils.main predict"),
+                          ("/x/eva8_utils/__main__.py", "python -m eva8_utils predict")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        assert command("predict") == expect
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/eva8"])
+    with pytest.raises(ConfigError, match=r"; see eva8 --help$"):
+        build_parser().parse_args(["--no-such-flag"])

@@ -230,6 +230,14 @@ def test_out_of_memory_in_training_is_one_line_and_the_run_resumes(monkeypatch, 
     resumes_to_the_straight_history(run, straight)
 
 
+def test_out_of_memory_while_evaluating_says_so(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    patch_forward(monkeypatch, _OOM["cuda"], after=4)  # epoch 1: 4 training batches, then the test batch
+    line = one_line(run_cli(ARGS + ["--out", str(run)]))
+    assert line.startswith("error: out of memory in the evaluation of the test split (training) at batch size 64")
+    assert read_metrics(run)["status"] == "failed" and epochs_in(run) == (0, 0)
+
+
 def test_out_of_memory_in_the_lr_finder_is_one_line_and_writes_nothing(monkeypatch, tmp_path):
     run = tmp_path / "run"
     patch_forward(monkeypatch, _OOM["cuda"], after=3)
