@@ -462,3 +462,12 @@ def test_cutmix_boxes_are_integer_clipped_centred_and_sized_by_beta():
     # unclipped ones lean small (a big box is more often clipped): about 0.17 here
     frac = (side[inside] / h) ** 2
     assert 0.1 < frac.mean() < 0.3 and len(np.unique(side[inside])) > 20
+
+
+def test_the_augmentation_settings_come_from_the_training_config():
+    from eva8_utils.config import TrainConfig
+
+    cfg = TrainConfig(cutout=8, cutout_p=0.5, crop_padding=2, mixup=0.4, flip="none")
+    aug = A.AugmentConfig.from_config(cfg, mix_classes=7)  # a setting the config does not hold
+    assert (aug.cutout, aug.cutout_p, aug.crop_padding, aug.mixup, aug.flip, aug.mix_classes) == (8, 0.5, 2, 0.4,
+                                                                                                 "none", 7)

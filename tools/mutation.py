@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # inputs). End-to-end CLI files are left out where they would make one mutant cost minutes.
 MODULE_TESTS: dict[str, list[str]] = {
     "augment": ["tests/test_augment.py", "tests/test_promises.py"],
-    "checkpoint": ["tests/test_checkpoint_trust.py", "tests/test_promises.py",
+    "checkpoint": ["tests/test_checkpoint.py", "tests/test_checkpoint_trust.py", "tests/test_promises.py",
+                   "tests/test_write_faults.py::test_a_checkpoint_write_that_fills_the_disk_raises_the_os_error",
                    "tests/test_faults.py::test_truncated_checkpoint_falls_back_to_the_previous_one_then_fails_clearly",
                    "tests/test_faults.py::test_resume_with_another_model_says_which",
                    "tests/test_faults.py::test_a_kill_at_any_moment_leaves_a_whole_checkpoint"],
