@@ -542,6 +542,26 @@ def _resume_from(run) -> str:
     return f", which continues {point}" if point.startswith("from") else ""
 
 
+def training_flops(exp: Experiment, result: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per training image, the FLOP/s the training reached and, on a known card, its
+    MFU (:mod:`eva8_utils.flops`); logged, and empty when the model cannot be counted."""
+    from .flops import peak_tflops, train_flops_per_image, utilisation
+
+    try:
+        per_image = train_flops_per_image(exp.model, exp.splits.image_size)
+    except Exception as e:  # a model the CPU copy cannot run: the run's other numbers stand
+        logger.info("training FLOPs not counted (%s: %s)", type(e).__name__, str(e).splitlines()[0][:100] if str(e) else "")
+        return {}
+    images = exp.train_loader.num_samples * len(result.get("epoch_times") or [])
+    peak = peak_tflops(exp.device)
+    out = utilisation(per_image, images, float(result.get("train_time_s") or 0.0), peak, D.world_size())
+    if "train_tflops_per_s" in out:
+        logger.info("training: %.3g GFLOP per image (forward + backward), %.3g TFLOP/s%s", per_image / 1e9,
+                    out["train_tflops_per_s"], f", MFU {100 * out['mfu']:.1f}% of {peak:g} TFLOP/s (bf16 peak)"
+                    if "mfu" in out else "")
+    return out
+
+
 def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None = None) -> dict[str, Any]:
     """After training: the analysis (when ``cfg.analysis``), report.md and metrics.json ``done``."""
     from .analysis import Analysis
@@ -551,6 +571,7 @@ def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None =
     if cfg.analysis:
         an.run_all()
     extra = {"wall_time_s": round(wall_s, 2)} if wall_s is not None else {}
+    extra.update(training_flops(exp, result))
     metrics = an.finish(**extra)
     if cfg.analysis and cfg.readme_images:
         run.copy_images()

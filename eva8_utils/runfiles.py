@@ -133,7 +133,8 @@ def report_markdown(run_dir: Path, cfg: TrainConfig, metrics: dict[str, Any], cl
     lines = [f"# Run report: {metrics.get('model', cfg.model)} on {metrics.get('dataset', cfg.dataset)}", ""]
     lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
     for key in ("test_acc", "test_acc_tta", "test_loss", "best_test_acc", "best_epoch", "ema_test_acc",
-                "ema_test_acc_tta", "epochs", "train_time_s", "epoch_time_s", "device", "precision", "num_params",
+                "ema_test_acc_tta", "epochs", "train_time_s", "epoch_time_s", "train_tflops_per_s", "mfu", "device",
+                "precision", "num_params",
                 "misclassified_count", "analysis_weights"):
         if key in metrics:
             v = metrics[key]

@@ -31,6 +31,15 @@ def test_smoke_run_reaches_90_percent_and_writes_the_run_folder(smoke_run):
     assert log.count("Test set: Average loss: ") == 3 and "Accuracy: " in log and "/1000 (" in log
     assert "precision: " in log and "estimate after" in log and "per epoch" in log
     assert "Total params" in (smoke_run / "summary.txt").read_text()  # torchinfo table
+    # FLOPs: per image as counted for the model, per second over the run's training time; no MFU on a CPU
+    from eva8_utils.flops import train_flops_per_image
+    from eva8_utils.models import create_model
+
+    per_image = train_flops_per_image(create_model("fastnet", 10), 32)
+    assert m["train_gflops_per_image"] == pytest.approx(per_image / 1e9, rel=1e-3)
+    images = 4000 * m["epochs"]  # shapes' default training split
+    assert m["train_tflops_per_s"] == pytest.approx(per_image * images / m["train_time_s"] / 1e12, rel=0.01)
+    assert "mfu" not in m and "TFLOP/s" in log
     hist = (smoke_run / "history.csv").read_text().splitlines()
     assert hist[0] == "epoch,train_loss,train_acc,test_loss,test_acc,lr" and len(hist) == 4
 
