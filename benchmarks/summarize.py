@@ -1,10 +1,11 @@
 """Print the summary lines of a gpu.sh output folder (and write summary.json there).
 
-    python benchmarks/summarize.py benchmarks/out/gpu [TARGET]
+    python benchmarks/summarize.py benchmarks/out/gpu
 
-TARGET: the test accuracy with TTA whose time is reported (default 91, gpu.sh's).
-Variants timed alone (``timed_NAME``) are given against the reference run's time when ``fast_ref`` ran.
-Reads whatever the folder holds: a step that failed or was skipped is left out (steps.txt says which).
+Per group of runs (the main job, the fast recipe, airbench94, airbench95): every seed's time and test
+accuracy without and with TTA, and the means; the main job's seconds per epoch and MFU; the fp16 runs
+next to the bf16 run of the same seed. Reads whatever the folder holds: a step that failed or was
+skipped is left out (steps.txt says which).
 """
 
 from __future__ import annotations
@@ -14,86 +15,83 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def _fast_run(name: str, metrics: Path) -> dict:
-    """One fastnet run's summary entry, and its line printed."""
-    m = json.loads(metrics.read_text())
-    print(f"{name} {m['epochs']} epochs: {m['train_time_s']} s training, test {m['test_acc']:.2f}% "
-          f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%)")
-    return {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "train_time_s", "epoch_time_s")}
+KEYS = ("epochs", "test_acc", "test_acc_tta", "train_time_s", "epoch_time_s", "wall_time_s", "precision",
+        "train_tflops_per_s", "mfu")
 
 
-def _screen(folder: Path) -> dict:
-    """The screening runs (NAME_sSEED/metrics.json), grouped by NAME: per-seed results and the means."""
-    groups: dict[str, list[dict]] = {}
-    for p in sorted(folder.glob("*_s[0-9]*/metrics.json")):
-        name, seed = p.parent.name.rsplit("_s", 1)
-        m = json.loads(p.read_text())
-        groups.setdefault(name, []).append({"seed": int(seed), "test_acc": m["test_acc"],
-                                            "test_acc_tta": m.get("test_acc_tta"), "epochs": m["epochs"]})
-    out = {}
-    for name, runs in groups.items():
-        runs.sort(key=lambda r: r["seed"])
-        tta = [r["test_acc_tta"] for r in runs if r["test_acc_tta"] is not None]
-        out[name] = {"runs": runs, "n": len(runs), "mean_test_acc": round(statistics.mean(r["test_acc"] for r in runs), 3),
-                     "mean_test_acc_tta": round(statistics.mean(tta), 3) if tta else None,
-                     "sd_test_acc_tta": round(statistics.stdev(tta), 3) if len(tta) > 1 else None}
-        print(f"screen {name}: {len(runs)} seeds, test {out[name]['mean_test_acc']:.2f}% "
-              f"(TTA {out[name]['mean_test_acc_tta']}%, sd {out[name]['sd_test_acc_tta']})")
+def _run(folder: Path) -> dict | None:
+    p = folder / "metrics.json"
+    if not p.is_file():
+        return None
+    m = json.loads(p.read_text())
+    return {k: m.get(k) for k in KEYS} if m.get("status") == "done" else None
+
+
+def _group(name: str, runs: dict[int, dict]) -> dict:
+    """Per-seed entries and their means, and the printed lines."""
+    out: dict = {"runs": {str(s): r for s, r in sorted(runs.items())}}
+    for key in ("test_acc", "test_acc_tta", "train_time_s", "epoch_time_s", "mfu"):
+        values = [r[key] for r in runs.values() if r.get(key) is not None]
+        if values:
+            out[f"mean_{key}"] = round(statistics.mean(values), 4)
+    for s, r in sorted(runs.items()):
+        mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None else ""
+        print(f"{name} seed {s}: {r.get('train_time_s')} s training ({r.get('epoch_time_s')} s/epoch{mfu}), "
+              f"test {r.get('test_acc')}% (TTA {r.get('test_acc_tta')}%)")
+    if len(runs) > 1:
+        print(f"{name}, mean of {len(runs)} seeds: test {out.get('mean_test_acc')}% "
+              f"(TTA {out.get('mean_test_acc_tta')}%), {out.get('mean_train_time_s')} s training")
     return out
+
+
+def _seeds(out: Path, prefix: str) -> dict[int, dict]:
+    runs = {}
+    for folder in out.glob(f"{prefix}_s[0-9]*"):
+        r = _run(folder)
+        if r is not None:
+            runs[int(folder.name.rsplit("_s", 1)[1])] = r
+    return runs
 
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out/gpu")
-    target = float(sys.argv[2]) if len(sys.argv) > 2 else 91.0
     gpu = (out / "gpu.txt").read_text().strip().splitlines() if (out / "gpu.txt").exists() else ["?"]
-    summary = {"gpu": gpu, "target": target}
-    r18 = out / "resnet18" / "metrics.json"
-    if r18.exists():
-        m = json.loads(r18.read_text())
-        summary["resnet18"] = {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "epoch_time_s",
-                                                       "train_time_s", "device")}
-        print(f"resnet18 recipe: {m['epochs']} epochs, {m.get('epoch_time_s')} s/epoch, test {m['test_acc']:.2f}% "
-              f"(TTA {m.get('test_acc_tta', float('nan')):.2f}%) on {m.get('device')}")
-    runs = [_fast_run("fast recipe", p) for p in
-            sorted(out.glob("fast_[0-9]*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))]
-    summary["fast"] = runs
-    hit = [r for r in runs if (r.get("test_acc_tta") or 0) >= target]
-    summary["fast_time_to_target_s"] = hit[0]["train_time_s"] if hit else None
-    print(f"fast recipe time to {target:g}% (TTA): " + (f"{hit[0]['train_time_s']} s" if hit else "not reached"))
-    ref = out / "fast_ref" / "metrics.json"
-    if ref.exists():
-        summary["fast_ref"] = _fast_run("fast recipe, reference run", ref)
-        same = [r for r in runs if r["epochs"] == summary["fast_ref"]["epochs"]]
-        if same:
-            summary["fast_time_vs_ref"] = round(same[0]["train_time_s"] / summary["fast_ref"]["train_time_s"], 3)
-            print(f"fast recipe time vs the reference run's: {summary['fast_time_vs_ref']}x")
-    timed = sorted(out.glob("timed_*/metrics.json"))
-    if timed:
-        summary["timed"] = {}
-    for p in timed:
-        name = p.parent.name[len("timed_"):]
-        entry = summary["timed"][name] = _fast_run(f"variant {name}", p)
-        if "fast_ref" in summary:
-            entry["time_vs_ref"] = round(entry["train_time_s"] / summary["fast_ref"]["train_time_s"], 3)
-            print(f"variant {name} time vs the reference run's: {entry['time_vs_ref']}x")
-    sgd = out / "fast_sgd" / "metrics.json"
-    if sgd.exists():
-        summary["fast_sgd"] = _fast_run("fast_sgd recipe", sgd)
+    summary: dict = {"gpu": gpu}
+    print("card:", gpu[0])
+    for name, prefix in (("main job", "main"), ("fast recipe", "fast")):
+        runs = _seeds(out, prefix)
+        if runs:
+            summary[prefix] = _group(name, runs)
+        fp16 = _run(out / f"{prefix}_fp16")
+        if fp16 is not None:
+            summary.setdefault(prefix, {})["fp16"] = fp16
+            bf = runs.get(1, {})
+            gap = (round(fp16["test_acc_tta"] - bf["test_acc_tta"], 2)
+                   if fp16.get("test_acc_tta") is not None and bf.get("test_acc_tta") is not None else None)
+            summary[prefix]["fp16_minus_seed1_tta"] = gap
+            print(f"{name} in fp16, seed 1: {fp16['train_time_s']} s training, test {fp16['test_acc']}% "
+                  f"(TTA {fp16['test_acc_tta']}%; {gap:+} points against seed 1)" if gap is not None else
+                  f"{name} in fp16, seed 1: test {fp16['test_acc']}%")
+    for v in ("airbench94", "airbench95"):
+        p = out / f"{v}.json"
+        if p.is_file():
+            r = json.loads(p.read_text())
+            summary[v] = r
+            if "skipped" in r:
+                print(f"{v}: skipped ({r['skipped']})")
+            else:
+                for run in r["runs"]:
+                    print(f"{v} seed {run['seed']}: {run['train_time_s']} s, test {run['test_acc']}% "
+                          f"(TTA {run['test_acc_tta']}%)")
+    nb = _run(out / "notebook")
+    if nb is not None:
+        summary["notebook"] = nb
+        print(f"notebook: {nb['epochs']} epochs, test {nb['test_acc']}%")
     tp = out / "throughput.json"
     if tp.exists():
         t = json.loads(tp.read_text())
-        summary["throughput"] = {k: t[k] for k in ("data_images_per_s", "step_images_per_s",
-                                                   "data_ratio_ours_vs_classic", "step_ratio_ours_vs_classic",
-                                                   "our_data_share_of_step")}
-        print("throughput step ratio ours/classic: " + json.dumps(t["step_ratio_ours_vs_classic"]))
-    nb = out / "notebook" / "metrics.json"
-    if nb.exists():
-        m = json.loads(nb.read_text())
-        summary["notebook"] = {k: m.get(k) for k in ("epochs", "test_acc", "test_acc_tta", "epoch_time_s", "device")}
-        print(f"notebook: {m['epochs']} epochs, test {m['test_acc']:.2f}% on {m.get('device')}")
-    if (out / "screen").is_dir():
-        summary["screen"] = _screen(out / "screen")
+        summary["throughput"] = {k: t.get(k) for k in ("step_images_per_s", "step_ratio_ours_vs_classic",
+                                                       "data_images_per_s")}
     steps = out / "steps.txt"
     summary["steps"] = steps.read_text().splitlines() if steps.exists() else []
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

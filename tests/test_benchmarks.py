@@ -26,73 +26,65 @@ def _run(args, tmp_path, **env):
 
 def test_gpu_script_smoke_runs_every_measurement_and_summarises(tmp_path):
     out = _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
-               PYTHON=sys.executable, REF_CODE=str(ROOT),
-               REF_FLAGS="--epochs 2 --low-res-epochs 1", SMOKE_SEEDS="1", PACK=str(tmp_path / "gpu.tar.gz"))
+               PYTHON=sys.executable, SEEDS="2", PACK=str(tmp_path / "gpu.tar.gz"))
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
-    assert [line.split(" rc=")[0] for line in s["steps"][:-1]] == ["resnet18", "fast_2", "notebook", "fast_ref",
-                                                                   "timed_l1", "fast_sgd", "throughput"], s["steps"]
-    assert [line.split(" rc=")[1].split()[0] for line in s["steps"][:-1]] == ["0"] * 7, s["steps"]
-    assert s["steps"][-1].startswith("screen 2 of 2 runs")
-    assert s["resnet18"]["epochs"] == 1 and 0 <= s["resnet18"]["test_acc"] <= 100
-    assert [r["epochs"] for r in s["fast"]] == [2] and s["target"] == 91.0
-    reached = [r for r in s["fast"] if r["test_acc_tta"] >= 91.0]
-    assert s["fast_time_to_target_s"] == (reached[0]["train_time_s"] if reached else None)
-    # summarize.py rounds ratios to 3 decimals: within 5e-4 of the ratio of the raw times
-    assert s["fast_time_vs_ref"] == pytest.approx(s["fast"][0]["train_time_s"] / s["fast_ref"]["train_time_s"],
-                                                  abs=6e-4)
-    (timed,) = s["timed"].values()
-    assert list(s["timed"]) == ["l1"] and timed["epochs"] == 2
-    assert timed["test_acc"] == read_metrics(tmp_path / "gpu" / "timed_l1")["test_acc"]
-    assert timed["time_vs_ref"] == pytest.approx(timed["train_time_s"] / s["fast_ref"]["train_time_s"], abs=6e-4)
-    cfg = (tmp_path / "gpu" / "timed_l1" / "config.yaml").read_text()
-    assert "low_res_epochs: 1\n" in cfg and "seed: 1\n" in cfg
-    assert s["fast_sgd"]["epochs"] == 1 and 0 <= s["fast_sgd"]["test_acc"] <= 100
+    names = ["main_s1", "main_s2", "main_fp16", "fast_s1", "fast_s2", "fast_fp16", "airbench94", "airbench95",
+             "notebook", "throughput"]
+    assert [line.split(" rc=")[0] for line in s["steps"]] == names, s["steps"]
+    assert [line.split(" rc=")[1].split()[0] for line in s["steps"]] == ["0"] * len(names), s["steps"]
+    for group, epochs in (("main", 1), ("fast", 2)):
+        runs = s[group]["runs"]
+        assert sorted(runs) == ["1", "2"] and all(r["epochs"] == epochs for r in runs.values())
+        for seed, r in runs.items():  # copied from each run's metrics.json
+            m = read_metrics(tmp_path / "gpu" / f"{group}_s{seed}")
+            assert r["test_acc"] == m["test_acc"] and r["train_tflops_per_s"] == m["train_tflops_per_s"]
+        mean = sum(r["test_acc_tta"] for r in runs.values()) / 2
+        assert s[group]["mean_test_acc_tta"] == pytest.approx(mean, abs=6e-5)  # rounded to 4 decimals
+        assert s[group]["fp16"]["precision"].startswith("fp16")
+        gap = s[group]["fp16"]["test_acc_tta"] - runs["1"]["test_acc_tta"] if s[group]["fp16"]["test_acc_tta"] else None
+        assert s[group]["fp16_minus_seed1_tta"] == (pytest.approx(gap, abs=0.006) if gap is not None else None)
+    assert (tmp_path / "gpu" / "main_s1" / "images" / "gradcam.png").is_file()      # seed 1: the pictures
+    assert not (tmp_path / "gpu" / "main_s2" / "images" / "gradcam.png").exists()
+    assert s["airbench94"] == {"skipped": "airbench needs CUDA"} == s["airbench95"]
     assert s["notebook"]["epochs"] == 1 and (tmp_path / "gpu" / "S7_gpu.ipynb").exists()
-    assert sorted(s["screen"]) == ["fast", "l1"]
-    for name, g in s["screen"].items():
-        (run,) = g["runs"]
-        assert g["n"] == 1 and run["seed"] == 1 and run["epochs"] == 2
-        assert run["test_acc"] == read_metrics(tmp_path / "gpu" / "screen" / f"{name}_s1")["test_acc"]  # copied
-        # the mean is rounded to 3 decimals (14.0625 -> 14.062): compare within that rounding, not exactly
-        assert g["mean_test_acc"] == pytest.approx(run["test_acc"], abs=6e-4)
-    steps = s["throughput"]["step_images_per_s"]["fastnet"]
-    for k, v in s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"].items():
-        # bench_throughput.py rounds the ratio of the (rounded) rates to 0.01
-        ratio = steps["ours"] / steps[k]
-        assert v == pytest.approx(ratio, abs=0.005 + 1e-9)
-    assert "fast recipe time to 91% (TTA)" in out.stdout
+    assert s["throughput"]["step_ratio_ours_vs_classic"]["fastnet"]
+    assert "main job, mean of 2 seeds" in out.stdout and "airbench94: skipped" in out.stdout
     with tarfile.open(tmp_path / "gpu.tar.gz") as tar:
         names = tar.getnames()
-    assert "gpu/summary.json" in names and "gpu/resnet18/metrics.json" in names
+    assert "gpu/summary.json" in names and "gpu/main_s1/metrics.json" in names
     assert not [n for n in names if n.endswith(".pt")]
 
 
-def test_gpu_script_refuses_a_missing_data_folder_with_one_line_and_writes_nothing(tmp_path):
+def test_gpu_script_refuses_a_missing_data_folder_or_bad_seeds_with_one_line_and_writes_nothing(tmp_path):
     out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], cwd=ROOT,
                          env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "is not a folder" in out.stderr and "CIFAR-10 JPEG copy" in out.stderr
     assert not (tmp_path / "gpu").exists()
-    for bad in ({"SCREEN": "fast|e 11:--epochs 11"}, {"TIMED": "e14/x:--epochs 14"}):
+    for bad in ("0", "three", "100"):
         out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), str(tmp_path / "gpu")], cwd=ROOT,
-                             env=cli_env(**bad), capture_output=True, text=True, timeout=HANG_S)
+                             env=cli_env(SEEDS=bad), capture_output=True, text=True, timeout=HANG_S)
         assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
-        assert "variant name" in out.stderr and "letters, digits and _" in out.stderr
-        assert not (tmp_path / "gpu").exists()
+        assert "SEEDS" in out.stderr and not (tmp_path / "gpu").exists()
 
 
 def test_gpu_script_skips_what_the_budget_cannot_hold_or_only_leaves_out(tmp_path):
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "gpu")], tmp_path, SMOKE="1",
-         PYTHON=sys.executable, BUDGET_S="1", SCREEN="")
+         PYTHON=sys.executable, BUDGET_S="1", SEEDS="1")
     s = json.loads((tmp_path / "gpu" / "summary.json").read_text())
-    assert s["steps"] == ["resnet18 skipped", "fast_2 skipped", "notebook skipped", "timed_l1 skipped",
-                          "fast_sgd skipped", "throughput skipped"]
-    assert s["fast"] == [] and "resnet18" not in s and "screen" not in s
+    assert s["steps"] == [f"{n} skipped" for n in ("main_s1", "main_fp16", "fast_s1", "fast_fp16", "airbench94",
+                                                   "airbench95", "notebook", "throughput")]
+    assert "main" not in s and "fast" not in s
     _run(["bash", "benchmarks/gpu.sh", str(tmp_path / "no-data"), str(tmp_path / "only")], tmp_path, SMOKE="1",
-         PYTHON=sys.executable, ONLY="fast_sgd screen", SCREEN="fast", SMOKE_SEEDS="1")
+         PYTHON=sys.executable, ONLY="fast_s1 airbench94", SEEDS="1")
     s = json.loads((tmp_path / "only" / "summary.json").read_text())
-    assert [line.split()[0] for line in s["steps"]] == ["fast_sgd", "screen"] and s["fast_sgd"]["epochs"] == 1
-    assert list(s["screen"]) == ["fast"] and s["screen"]["fast"]["n"] == 1
+    assert [line.split()[0] for line in s["steps"]] == ["fast_s1", "airbench94"] and s["fast"]["runs"]["1"]["epochs"] == 2
+
+
+def test_the_airbench_runner_writes_skipped_without_cuda(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/run_airbench.py", str(tmp_path), "--out", str(tmp_path / "a.json")],
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=HANG_S)
+    assert out.returncode == 0 and json.loads((tmp_path / "a.json").read_text())["skipped"]  # no CUDA here
 
 
 def test_time_to_accuracy_measures_both_recipes_at_every_mark(tmp_path):

@@ -201,3 +201,44 @@ def test_a_save_whose_writer_fails_with_an_os_error_inside_torch_raises_that_os_
     monkeypatch.setattr(C.torch, "save", other)
     with pytest.raises(RuntimeError, match="not a disk problem"):
         C.save_checkpoint(path, {"model": {}})
+
+
+def test_weights_that_are_not_a_mapping_are_refused(tmp_path):
+    path, _ = _fastnet(tmp_path)
+    ck = torch.load(path, weights_only=True)
+    ck["model"] = [1, 2, 3]
+    torch.save(ck, tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="does not fit its own model"):
+        C.load_model(tmp_path / "list.pt")
+
+
+def test_an_os_error_deeper_in_the_chain_is_still_the_one_raised():
+    def chain():
+        try:
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                raise ValueError("wrapped")
+        except ValueError:
+            raise RuntimeError("outer")
+
+    with pytest.raises(RuntimeError) as e:
+        chain()
+    assert C._os_error_in(e.value).errno == 28
+    assert C._os_error_in(RuntimeError("no cause")) is None
+
+
+@pytest.mark.parametrize("ref, imports", [
+    ({"model": "fastnet", "options": {"width": "wide"}, "imports": []}, ()),          # the constructor refuses
+    ({"model": "no_such_net", "options": {}, "imports": ["json"]}, ["json"]),        # not registered by its import
+    ({"model": "fastnet", "options": {"no_such_option": 1}, "imports": []}, ()),     # an option it does not take
+])
+def test_a_model_that_cannot_be_rebuilt_is_one_error_naming_the_file(tmp_path, ref, imports):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {}, "model_name": "m", "model_ref": ref, **META}, path)
+    with pytest.raises(CheckpointError) as e:
+        C.load_model(path, imports=imports)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        C.load_checkpoint(tmp_path / "missing.pt")
+    assert str(tmp_path / "missing.pt") in str(e.value)

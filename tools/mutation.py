@@ -39,7 +39,7 @@ MODULE_TESTS: dict[str, list[str]] = {
                    "tests/test_faults.py::test_truncated_checkpoint_falls_back_to_the_previous_one_then_fails_clearly",
                    "tests/test_faults.py::test_resume_with_another_model_says_which",
                    "tests/test_faults.py::test_a_kill_at_any_moment_leaves_a_whole_checkpoint"],
-    "rundir": ["tests/test_promises.py", "tests/test_bad_inputs.py", "tests/test_write_faults.py"],
+    "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_bad_inputs.py", "tests/test_write_faults.py"],
     "engine/loop": ["tests/test_engine.py", "tests/test_promises.py"],
     "engine/callbacks": ["tests/test_engine.py", "tests/test_promises.py"],
     "data": ["tests/test_data.py"],

@@ -1,0 +1,170 @@
+"""rundir.py's promises on hand-made folders (no training): the notebook's rules for a RUN_DIR
+(never replace a run silently), the history read back as written, the pictures and the
+report written or warned about, the README copy, TensorBoard's hyperparameters.
+(Kills, interrupts and failed writes during real runs: test_faults.py, test_write_faults.py.)"""
+
+import json
+import re
+import time
+
+import pytest
+import yaml
+
+from eva8_utils.config import build_config
+from eva8_utils.engine import new_history
+from eva8_utils.engine.loop import add_epoch
+from eva8_utils.errors import ConfigError
+from eva8_utils.rundir import RunDir, SaveRun, default_run_dir
+
+
+def _cfg(**flags):
+    return build_config(flags={"dataset": "shapes", "model": "fastnet", "epochs": 3, "progress": False, **flags})
+
+
+def _run_folder(path, status="done", checkpoint=True, cfg=None, config=True):
+    """A run folder as a run leaves it: config.yaml, metrics.json, history.csv, a checkpoint."""
+    path.mkdir(parents=True)
+    if config:
+        (path / "config.yaml").write_text(yaml.safe_dump((cfg or _cfg()).to_dict()))
+    (path / "metrics.json").write_text(json.dumps({"status": status, "epochs": 1}))
+    (path / "history.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr\n1,1.0,50.0,1.1,40.0,0.1\n")
+    if checkpoint:
+        (path / "checkpoints").mkdir()
+        (path / "checkpoints" / "last.pt").write_bytes(b"x")
+    return RunDir(path)
+
+
+def test_an_empty_or_new_folder_is_a_new_run_in_that_folder(tmp_path):
+    run = RunDir(tmp_path / "new")
+    cfg = run.open_for(_cfg(), overwrite=False)
+    assert run.mode == "new run" and cfg.out == str(tmp_path / "new") and not cfg.resume and not cfg.overwrite
+    assert not run.resuming and repr(run) == f"RunDir({str(tmp_path / 'new')!r}, status='empty')"
+
+
+def test_a_file_or_a_folder_of_other_files_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        RunDir(tmp_path / "f").open_for(_cfg())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (mine / name).write_text("keep")
+    with pytest.raises(ConfigError, match=r"holds other files \(a.txt, b.txt, c.txt, ...\) and no run"):
+        RunDir(mine).open_for(_cfg())
+    cfg = RunDir(mine).open_for(_cfg(), overwrite=True)
+    assert not cfg.overwrite and not cfg.resume  # no run to replace: nothing of theirs is removed
+
+
+def test_overwrite_replaces_a_run_and_says_so(tmp_path):
+    run = _run_folder(tmp_path / "r")
+    cfg = run.open_for(_cfg(epochs=5), overwrite=True)
+    assert cfg.overwrite and not cfg.resume and run.mode == "starting over (OVERWRITE)"
+
+
+def test_a_run_with_other_settings_or_without_its_config_is_refused(tmp_path):
+    run = _run_folder(tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(lr .* there vs .* here"):
+        run.open_for(_cfg(lr=0.123))
+    bare = _run_folder(tmp_path / "bare", config=False)
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        bare.open_for(_cfg())
+
+
+def test_an_unfinished_run_resumes_with_its_saved_config_and_a_finished_one_is_shown(tmp_path):
+    saved = _cfg(lr=0.05)
+    run = _run_folder(tmp_path / "r", status="running", cfg=saved)
+    cfg = run.open_for(_cfg(lr=0.05, progress=True, log_every=7))
+    assert run.resuming and run.mode == "resuming" and cfg.resume and not cfg.overwrite
+    assert cfg.lr == 0.05 and cfg.progress is True and cfg.log_every == 7  # run-control settings are this call's
+    done = _run_folder(tmp_path / "d", status="done", cfg=saved)
+    cfg = done.open_for(_cfg(lr=0.05))
+    assert done.mode == "finished: showing it" and not done.resuming and not cfg.resume and done.finished
+
+
+def test_an_unfinished_run_without_a_checkpoint_starts_its_config_again(tmp_path):
+    run = _run_folder(tmp_path / "r", status="running", checkpoint=False)
+    cfg = run.open_for(_cfg())
+    assert cfg.overwrite and not cfg.resume and not run.resuming and run.mode.startswith("starting its config")
+
+
+def test_the_history_reads_back_as_it_was_written(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    h = new_history()
+    for e in (1, 2):
+        add_epoch(h, e, {"train_loss": 1.5 / e, "train_acc": 40.0 * e, "test_loss": 1.25 / e, "test_acc": 45.5 * e,
+                         "lrs": [0.1 / e, 0.05 / e], "step_losses": [2.25 / e, 2.0 / e]})
+    assert h["steps"][2] == [3, 2, 0.05, 1.125]
+    run.write_history(h)
+    back = run.read_history()
+    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert back[key] == pytest.approx(h[key]), key
+    assert back["steps"] == h["steps"] and isinstance(back["steps"][0][0], int)
+    assert run.metrics["epochs"] == 2 and run.metrics["best_test_acc"] == pytest.approx(91.0)
+
+
+def test_pictures_and_the_report_are_written_and_copied_and_a_failed_one_is_a_warning(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = _run_folder(tmp_path / "r")
+    fig = plt.figure()
+    path = run.save_figure("curves", fig)
+    assert path == run.path / "images" / "curves.png" and path.read_bytes()[:4] == b"\x89PNG"
+    run.copy_images(tmp_path / "readme")
+    assert (tmp_path / "readme" / "curves.png").read_bytes() == path.read_bytes()
+    run.metrics.update(test_acc=91.5, status="done")
+    run.write_report(_cfg(), ["a", "b"])
+    assert "91.5" in (run.path / "report.md").read_text()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("eva8_utils.rundir.atomic_write_text", full)
+    monkeypatch.setattr("eva8_utils.rundir.atomic_write", full)
+    run.save_figure("gradcam", fig)
+    run.write_report(_cfg(), ["a", "b"])
+    plt.close(fig)
+    warnings = run.metrics["warnings"]
+    assert len(warnings) == 2 and "images/gradcam.png could not be written" in warnings[0]
+    assert "report.md could not be written" in warnings[1] and f"eva8 analyse --out {run.path}" in warnings[1]
+    assert not (run.path / "images" / "gradcam.png").exists()
+
+
+def test_a_training_warning_goes_into_metrics_json_at_once(tmp_path):
+    class Exp:
+        class cfg:
+            checkpoint_minutes = 0.0
+        history = None
+
+    run = _run_folder(tmp_path / "r", status="running")
+    SaveRun(run, Exp()).on_warning(None, "loss spiked in epoch 2")
+    m = json.loads((run.path / "metrics.json").read_text())
+    assert m["warnings"] == ["loss spiked in epoch 2"] and m["status"] == "running"
+
+
+def test_the_default_run_folder_is_under_runs_named_by_time_and_model():
+    before = time.strftime("%Y%m%d-%H%M%S")
+    p = default_run_dir("mymodels:Net/v2")
+    assert p.parent.name == "runs" and re.fullmatch(r"\d{8}-\d{6}-mymodels\.Net\.v2", p.name)
+    assert p.name[:15] >= before
+
+
+def test_tensorboard_gets_the_runs_hyperparameters_and_final_numbers(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = _run_folder(tmp_path / "r", cfg=_cfg(lr=0.05))
+    run.enable_tensorboard()
+    calls = []
+
+    class Writer:
+        def add_hparams(self, hparams, metrics, run_name):
+            calls.append((hparams, metrics, run_name))
+
+    run._writer = Writer()
+    run._tb_hparams({"test_acc": 91.25, "test_loss": 0.3, "best_test_acc": 92, "other": 1})
+    (hparams, metrics, name), = calls
+    assert hparams["lr"] == 0.05 and hparams["model"] == "fastnet" and name == "."
+    assert metrics == {"hparam/test_acc": 91.25, "hparam/test_loss": 0.3, "hparam/best_test_acc": 92.0}
+    assert run.tensorboard is run._writer
