@@ -36,9 +36,11 @@ def _run_folder(path, status="done", checkpoint=True, cfg=None, config=True):
 
 def test_an_empty_or_new_folder_is_a_new_run_in_that_folder(tmp_path):
     run = RunDir(tmp_path / "new")
-    cfg = run.open_for(_cfg(), overwrite=False)
+    cfg = run.open_for(_cfg(resume=True, out=str(tmp_path / "elsewhere")), overwrite=False)
     assert run.mode == "new run" and cfg.out == str(tmp_path / "new") and not cfg.resume and not cfg.overwrite
     assert not run.resuming and repr(run) == f"RunDir({str(tmp_path / 'new')!r}, status='empty')"
+    again = RunDir(tmp_path / "new2")
+    assert not again.open_for(_cfg(), overwrite=True).overwrite and again.mode == "new run"  # nothing to start over
 
 
 def test_a_file_or_a_folder_of_other_files_is_refused_unless_overwrite(tmp_path):
@@ -53,6 +55,8 @@ def test_a_file_or_a_folder_of_other_files_is_refused_unless_overwrite(tmp_path)
         RunDir(mine).open_for(_cfg())
     cfg = RunDir(mine).open_for(_cfg(), overwrite=True)
     assert not cfg.overwrite and not cfg.resume  # no run to replace: nothing of theirs is removed
+    with pytest.raises(ConfigError, match="is a file, not a folder"):  # a folder that cannot be made
+        RunDir(tmp_path / "f" / "run").open_for(_cfg())
 
 
 def test_overwrite_replaces_a_run_and_says_so(tmp_path):
@@ -71,10 +75,11 @@ def test_a_run_with_other_settings_or_without_its_config_is_refused(tmp_path):
 
 
 def test_an_unfinished_run_resumes_with_its_saved_config_and_a_finished_one_is_shown(tmp_path):
-    saved = _cfg(lr=0.05)
+    saved = _cfg(lr=0.05, overwrite=True)  # the run was started with --overwrite: a resume must not wipe it
     run = _run_folder(tmp_path / "r", status="running", cfg=saved)
     cfg = run.open_for(_cfg(lr=0.05, progress=True, log_every=7))
     assert run.resuming and run.mode == "resuming" and cfg.resume and not cfg.overwrite
+    assert cfg.out == str(tmp_path / "r")
     assert cfg.lr == 0.05 and cfg.progress is True and cfg.log_every == 7  # run-control settings are this call's
     done = _run_folder(tmp_path / "d", status="done", cfg=saved)
     cfg = done.open_for(_cfg(lr=0.05))
@@ -83,8 +88,9 @@ def test_an_unfinished_run_resumes_with_its_saved_config_and_a_finished_one_is_s
 
 def test_an_unfinished_run_without_a_checkpoint_starts_its_config_again(tmp_path):
     run = _run_folder(tmp_path / "r", status="running", checkpoint=False)
-    cfg = run.open_for(_cfg())
+    cfg = run.open_for(_cfg(resume=True, out=str(tmp_path / "elsewhere")))
     assert cfg.overwrite and not cfg.resume and not run.resuming and run.mode.startswith("starting its config")
+    assert cfg.out == str(tmp_path / "r")
 
 
 def test_the_history_reads_back_as_it_was_written(tmp_path):
@@ -109,12 +115,25 @@ def test_pictures_and_the_report_are_written_and_copied_and_a_failed_one_is_a_wa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from PIL import Image
+
     run = _run_folder(tmp_path / "r")
-    fig = plt.figure()
+    fig = plt.figure(figsize=(4, 3))
     path = run.save_figure("curves", fig)
-    assert path == run.path / "images" / "curves.png" and path.read_bytes()[:4] == b"\x89PNG"
-    run.copy_images(tmp_path / "readme")
-    assert (tmp_path / "readme" / "curves.png").read_bytes() == path.read_bytes()
+    assert path == run.path / "images" / "curves.png" and Image.open(path).size == (440, 330)  # 110 dpi
+    for _ in range(2):  # a nested folder, made once, then written into again
+        run.copy_images(tmp_path / "image" / "README")
+    assert (tmp_path / "image" / "README" / "curves.png").read_bytes() == path.read_bytes()
+    shown = []
+
+    class Writer:
+        def add_figure(self, tag, figure, close):
+            shown.append((tag, figure, close))
+
+    run.tensorboard_enabled, run._writer = True, Writer()
+    run.save_figure("gradcam", fig)
+    assert shown == [("images/gradcam", fig, False)]  # the figure stays open for the caller
+    run.tensorboard_enabled, run._writer = False, None
     run.metrics.update(test_acc=91.5, status="done")
     run.write_report(_cfg(), ["a", "b"])
     assert "91.5" in (run.path / "report.md").read_text()
@@ -124,13 +143,13 @@ def test_pictures_and_the_report_are_written_and_copied_and_a_failed_one_is_a_wa
 
     monkeypatch.setattr("eva8_utils.rundir.atomic_write_text", full)
     monkeypatch.setattr("eva8_utils.rundir.atomic_write", full)
-    run.save_figure("gradcam", fig)
+    run.save_figure("confusion_matrix", fig)
     run.write_report(_cfg(), ["a", "b"])
     plt.close(fig)
     warnings = run.metrics["warnings"]
-    assert len(warnings) == 2 and "images/gradcam.png could not be written" in warnings[0]
+    assert len(warnings) == 2 and "images/confusion_matrix.png could not be written" in warnings[0]
     assert "report.md could not be written" in warnings[1] and f"eva8 analyse --out {run.path}" in warnings[1]
-    assert not (run.path / "images" / "gradcam.png").exists()
+    assert not (run.path / "images" / "confusion_matrix.png").exists()
 
 
 def test_a_training_warning_goes_into_metrics_json_at_once(tmp_path):
@@ -163,8 +182,29 @@ def test_tensorboard_gets_the_runs_hyperparameters_and_final_numbers(tmp_path):
             calls.append((hparams, metrics, run_name))
 
     run._writer = Writer()
-    run._tb_hparams({"test_acc": 91.25, "test_loss": 0.3, "best_test_acc": 92, "other": 1})
+    run._tb_hparams({"test_acc": 91.25, "test_loss": 0.3, "test_acc_tta": 91.5, "best_test_acc": 92, "other": 1})
     (hparams, metrics, name), = calls
     assert hparams["lr"] == 0.05 and hparams["model"] == "fastnet" and name == "."
-    assert metrics == {"hparam/test_acc": 91.25, "hparam/test_loss": 0.3, "hparam/best_test_acc": 92.0}
+    assert metrics == {"hparam/test_acc": 91.25, "hparam/test_loss": 0.3, "hparam/test_acc_tta": 91.5,
+                       "hparam/best_test_acc": 92.0}
     assert run.tensorboard is run._writer
+
+
+def test_the_tensorboard_writer_writes_into_the_runs_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    from eva8_utils.rundir import make_summary_writer
+
+    assert make_summary_writer(None) is None  # only checks that TensorBoard is there
+    writer = make_summary_writer(tmp_path / "tb")
+    writer.add_scalar("x", 1.0, 1)
+    writer.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_clear_removes_a_runs_files_and_folders_and_nothing_else(tmp_path):
+    run = _run_folder(tmp_path / "r")
+    (run.path / "images").mkdir()
+    (run.path / "images" / "curves.png").write_bytes(b"png")
+    (run.path / "notes.txt").write_text("mine")
+    run.clear()
+    assert sorted(p.name for p in run.path.iterdir()) == ["notes.txt"]
