@@ -6,6 +6,8 @@
   be an ``nn.Module`` whose output on one batch is ``(N, classes)``; the CAM layer, when
   one is named, must give a map of at least :data:`MIN_CAM_SIZE` pixels on that batch.
 - :func:`check_writable`: the run folder (or its nearest existing parent) can be written.
+- :func:`memory_errors`: out of memory during a run becomes one line that says where
+  (training, its evaluation, the LR finder) and what to try.
 
 Each failure is a :class:`~eva8_utils.errors.UserError`: one line saying what is wrong
 and what to do.
@@ -13,6 +15,7 @@ and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .errors import WRITE_ERRNOS, ConfigError, os_reason  # noqa: F401
+from .errors import WRITE_ERRNOS, ConfigError, OutOfMemory, os_reason  # noqa: F401
 
 MIN_CAM_SIZE = 5  # a CAM on a smaller map says little about where the evidence is
 
@@ -195,5 +198,57 @@ def check_writable(path: str | Path, what: str = "--out") -> None:
     os.unlink(tmp)
 
 
+# ---------------------------------------------------------------------------------------
+# Out of memory during a run
+# ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def memory_errors(exp, where: str, run=None):
+    """Out of memory inside becomes :class:`OutOfMemory` (one line: :func:`out_of_memory`)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        oom = out_of_memory(e, exp, where, run)
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def out_of_memory(e: BaseException, exp, where: str, run=None) -> OutOfMemory | None:
+    """The one line for a batch that did not fit in memory (CUDA, MPS or the CPU), or None
+    when ``e`` is another error."""
+    text = str(e).lower()
+    if not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
+        return None
+    cfg, device = exp.cfg, exp.device
+    if _raised_in(e, "evaluate.py"):
+        where = f"the evaluation of the test split ({where})"
+    half = max(1, cfg.batch_size // 2)
+    tries = f"--batch-size {half}"
+    if device.type == "cuda" and exp.precision.dtype is None:
+        tries += ", or --precision bf16 (fp16 on a T4/V100)"
+    fits = ("the batch size is fixed for a resumed run: start again with --overwrite and the smaller batch "
+            f"(or --resume with the same settings after freeing memory{_resume_from(run)})")
+    if run is None:
+        fits = "nothing was written"
+    return OutOfMemory(f"out of memory in {where} at batch size {cfg.batch_size} ({exp.model_name}, "
+                       f"{exp.precision.name} on {device.type}): try {tries}; {fits}")
+
+
+def _raised_in(e: BaseException, filename: str) -> bool:
+    """Whether ``e`` was raised inside a module of the engine named ``filename``."""
+    tb = e.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename)
+        if path.name == filename and path.parent.name == "engine":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _resume_from(run) -> str:
+    point = run.faults.resume_point() if run is not None else ""
+    return f", which continues {point}" if point.startswith("from") else ""
+
+
 __all__ = ["available_memory", "check_fits_memory", "build_model_checked", "check_model", "check_cam_output",
-           "check_writable", "os_reason", "MIN_CAM_SIZE"]
+           "check_writable", "memory_errors", "os_reason", "out_of_memory", "MIN_CAM_SIZE"]

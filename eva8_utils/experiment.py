@@ -18,12 +18,10 @@ called one by one (the notebook shows each one in its own cell) or at once::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import platform
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -33,7 +31,7 @@ from . import __version__
 from . import distributed as D
 from .config import TrainConfig, field_meta, field_names, one_of
 from .data import DATASETS, DeviceLoader, Splits, load_dataset, make_loaders
-from .checks import build_model_checked, check_model
+from .checks import build_model_checked, check_model, memory_errors
 from .engine import (LOOKAHEAD_START_EPOCHS, OPTIMIZERS, SCHEDULERS, Callback, DivergenceMonitor, EMAWeights,
                      GradClip, L1Penalty, Lookahead, LookaheadStep, Resume, Schedule, Step, StopWhen, WatchDivergence,
                      ScheduleSettings, choose_precision, fit, make_ema, make_optimizer, make_scaler, new_history, unwrap)
@@ -493,85 +491,19 @@ def run_experiment(cfg: TrainConfig, stop: Callable[[], bool] | None = None) -> 
     return metrics
 
 
-@contextlib.contextmanager
-def memory_errors(exp: Experiment, where: str, run=None):
-    """Out of memory inside becomes :class:`OutOfMemory` (one line: :func:`out_of_memory`)."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as e:
-        oom = out_of_memory(e, exp, where, run)
-        if oom is None:
-            raise
-        raise oom from None
-
-
-def out_of_memory(e: BaseException, exp: Experiment, where: str, run=None) -> OutOfMemory | None:
-    """The one line for a batch that did not fit in memory (CUDA, MPS or the CPU), or None
-    when ``e`` is another error."""
-    text = str(e).lower()
-    if not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
-        return None
-    cfg, device = exp.cfg, exp.device
-    if _raised_in(e, "evaluate.py"):
-        where = f"the evaluation of the test split ({where})"
-    half = max(1, cfg.batch_size // 2)
-    tries = f"--batch-size {half}"
-    if device.type == "cuda" and exp.precision.dtype is None:
-        tries += ", or --precision bf16 (fp16 on a T4/V100)"
-    fits = ("the batch size is fixed for a resumed run: start again with --overwrite and the smaller batch "
-            f"(or --resume with the same settings after freeing memory{_resume_from(run)})")
-    if run is None:
-        fits = "nothing was written"
-    return OutOfMemory(f"out of memory in {where} at batch size {cfg.batch_size} ({exp.model_name}, "
-                       f"{exp.precision.name} on {device.type}): try {tries}; {fits}")
-
-
-def _raised_in(e: BaseException, filename: str) -> bool:
-    """Whether ``e`` was raised inside a module of the engine named ``filename``."""
-    tb = e.__traceback__
-    while tb is not None:
-        path = Path(tb.tb_frame.f_code.co_filename)
-        if path.name == filename and path.parent.name == "engine":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _resume_from(run) -> str:
-    point = run.faults.resume_point() if run is not None else ""
-    return f", which continues {point}" if point.startswith("from") else ""
-
-
-def training_flops(exp: Experiment, result: dict[str, Any]) -> dict[str, Any]:
-    """FLOPs per training image, the FLOP/s the training reached and, on a known card, its
-    MFU (:mod:`eva8_utils.flops`); logged, and empty when the model cannot be counted."""
-    from .flops import peak_tflops, train_flops_per_image, utilisation
-
-    try:
-        per_image = train_flops_per_image(exp.model, exp.splits.image_size)
-    except Exception as e:  # a model the CPU copy cannot run: the run's other numbers stand
-        logger.info("training FLOPs not counted (%s: %s)", type(e).__name__, str(e).splitlines()[0][:100] if str(e) else "")
-        return {}
-    images = exp.train_loader.num_samples * len(result.get("epoch_times") or [])
-    peak = peak_tflops(exp.device)
-    out = utilisation(per_image, images, float(result.get("train_time_s") or 0.0), peak, D.world_size())
-    if "train_tflops_per_s" in out:
-        logger.info("training: %.3g GFLOP per image (forward + backward), %.3g TFLOP/s%s", per_image / 1e9,
-                    out["train_tflops_per_s"], f", MFU {100 * out['mfu']:.1f}% of {peak:g} TFLOP/s (bf16 peak)"
-                    if "mfu" in out else "")
-    return out
-
-
 def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None = None) -> dict[str, Any]:
     """After training: the analysis (when ``cfg.analysis``), report.md and metrics.json ``done``."""
     from .analysis import Analysis
+    from .flops import training_flops
 
     cfg = exp.cfg
     an = Analysis(exp, run, result)
     if cfg.analysis:
         an.run_all()
     extra = {"wall_time_s": round(wall_s, 2)} if wall_s is not None else {}
-    extra.update(training_flops(exp, result))
+    extra.update(training_flops(exp.model, exp.splits.image_size, exp.device,
+                                exp.train_loader.num_samples * len(result.get("epoch_times") or []),
+                                float(result.get("train_time_s") or 0.0), D.world_size()))
     metrics = an.finish(**extra)
     if cfg.analysis and cfg.readme_images:
         run.copy_images()

@@ -9,10 +9,13 @@ model kept the card, not how much arithmetic happened.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+logger = logging.getLogger("eva8_utils")
 
 # Dense bf16/fp16 tensor-core peak of a card, in TFLOP/s (the vendor's datasheet, without
 # sparsity), by a part of its name; the first match counts (PCIe before SXM).
@@ -55,4 +58,22 @@ def utilisation(flops_per_image: float, images: int, seconds: float, peak: float
         out["train_tflops_per_s"] = round(achieved, 3)
         if peak:
             out["mfu"] = round(achieved / (peak * devices), 4)
+    return out
+
+
+def training_flops(model: nn.Module, image_size: int, device: torch.device, images: int, seconds: float,
+                   devices: int = 1) -> dict[str, Any]:
+    """:func:`utilisation` of a finished training (``images`` trained in ``seconds`` on ``devices``
+    cards), logged; empty when the model cannot be counted (the run's other numbers stand)."""
+    try:
+        per_image = train_flops_per_image(model, image_size)
+    except Exception as e:  # a model its CPU copy cannot run
+        logger.info("training FLOPs not counted (%s: %s)", type(e).__name__, str(e).splitlines()[0][:100] if str(e) else "")
+        return {}
+    peak = peak_tflops(device)
+    out = utilisation(per_image, images, seconds, peak, devices)
+    if "train_tflops_per_s" in out:
+        mfu = f", MFU {100 * out['mfu']:.1f}% of {peak:g} TFLOP/s (bf16 peak)" if "mfu" in out else ""
+        logger.info("training: %.3g GFLOP per image (forward + backward), %.3g TFLOP/s%s", per_image / 1e9,
+                    out["train_tflops_per_s"], mfu)
     return out
