@@ -98,3 +98,55 @@ def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
+
+
+def test_a_text_or_picture_write_that_fails_half_way_keeps_the_previous_file(tmp_path, monkeypatch):
+    """The other atomic writers (metrics.json, history.csv, report.md, predictions.csv through
+    atomic_write_text; every PNG through rundir.save_figure): half the bytes written, then the
+    disk fills up: the previous file is whole and no temporary file is left."""
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eva8_utils.rundir import save_figure
+    from eva8_utils.utils import atomic_write_text
+
+    text = tmp_path / "metrics.json"
+    atomic_write_text(text, '{"status": "running"}')
+    real_write_text = pathlib.Path.write_text
+
+    def half_text(self, data, *args, **kwargs):
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_text)
+    with pytest.raises(OSError):
+        atomic_write_text(text, '{"status": "done", "test_acc": 91.5}')
+    monkeypatch.undo()
+    assert text.read_text() == '{"status": "running"}'
+
+    fig = plt.figure(figsize=(2, 2))
+    png = tmp_path / "images" / "curves.png"
+    save_figure(fig, png)
+    before = png.read_bytes()
+    real_savefig = type(fig).savefig
+
+    def half_png(self, fname, *args, **kwargs):
+        import io
+
+        buf = io.BytesIO()
+        real_savefig(self, buf, *args, **kwargs)
+        with open(fname, "wb") as fh:
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(fig), "savefig", half_png)
+    with pytest.raises(OSError):
+        save_figure(fig, png)
+    monkeypatch.undo()
+    plt.close(fig)
+    assert png.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["curves.png", "metrics.json"]
