@@ -148,3 +148,17 @@ def test_the_own_loop_example_runs_as_written(tmp_path):
     assert len(re.findall(r"Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/128 \(", p.stderr + p.stdout)) == 2
     for name in ("curves.png", "mistakes.png", "gradcam.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+def test_the_mutation_script_lists_existing_test_files_and_refuses_an_unknown_module(capsys):
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "tools" / "mutation.py"), run_name="as_module")
+    for module, tests in tool["MODULE_TESTS"].items():
+        assert (ROOT / "eva8_utils" / f"{module}.py").is_file(), module
+        for t in tests + tool["DESELECT"]:
+            path, _, name = t.partition("::")
+            assert (ROOT / path).is_file(), t
+            assert not name or f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), t
+    assert tool["main"](["--list"]) == 0 and "rundir" in capsys.readouterr().out
+    assert tool["main"](["nosuchmodule"]) == 2 and "no test files listed for nosuchmodule" in capsys.readouterr().out

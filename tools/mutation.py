@@ -13,9 +13,8 @@ argument dropped) and runs the tests that reach the changed function; a test tha
 Each module runs in its own scratch copy of the checkout (.scratch/mutation/MODULE/), with a
 mutmut configuration written there: only that module mutated, only its test files run, in
 one process (no xdist workers, one torch thread). The summary, and every survivor's change,
-goes to .scratch/mutation/MODULE/survivors.md
-(one line each: the mutant, the line before and after). Not part of CI: a module takes from minutes
-(augment) to about an hour on 2 cores.
+goes to .scratch/mutation/MODULE/survivors.md (one line each: the mutant, the line before and
+after). Not part of CI: a module takes from minutes (augment) to about an hour (rundir) on 2 cores.
 """
 from __future__ import annotations
 
@@ -30,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The test files that check each module's promises directly (in this process, on small
-# inputs). End-to-end CLI files are left out where they would make one mutant cost minutes.
+# The test files that check each module's promises (in this process, on small inputs; a CLI
+# run there is in-process too). Files of other modules' end-to-end runs are left out where
+# they would make one mutant cost minutes.
 MODULE_TESTS: dict[str, list[str]] = {
     "augment": ["tests/test_augment.py", "tests/test_promises.py"],
     "checkpoint": ["tests/test_checkpoint.py", "tests/test_checkpoint_trust.py", "tests/test_promises.py",
@@ -39,7 +39,8 @@ MODULE_TESTS: dict[str, list[str]] = {
                    "tests/test_faults.py::test_truncated_checkpoint_falls_back_to_the_previous_one_then_fails_clearly",
                    "tests/test_faults.py::test_resume_with_another_model_says_which",
                    "tests/test_faults.py::test_a_kill_at_any_moment_leaves_a_whole_checkpoint"],
-    "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_bad_inputs.py", "tests/test_write_faults.py"],
+    "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_bad_inputs.py",
+               "tests/test_write_faults.py"],
     "engine/loop": ["tests/test_engine.py", "tests/test_promises.py"],
     "engine/callbacks": ["tests/test_engine.py", "tests/test_promises.py"],
     "data": ["tests/test_data.py"],
