@@ -208,3 +208,15 @@ def test_clear_removes_a_runs_files_and_folders_and_nothing_else(tmp_path):
     (run.path / "notes.txt").write_text("mine")
     run.clear()
     assert sorted(p.name for p in run.path.iterdir()) == ["notes.txt"]
+
+
+def test_the_readme_copy_goes_to_image_readme_by_default_and_the_reports_notes_are_kept(tmp_path, monkeypatch):
+    run = _run_folder(tmp_path / "r")
+    (run.path / "images").mkdir()
+    (run.path / "images" / "curves.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    run.copy_images()
+    assert (tmp_path / "image" / "README" / "curves.png").read_bytes() == b"png"
+    run.metrics.update(test_acc=90.0, status="done")
+    run.write_report(_cfg(), ["a", "b"], notes=["The pictures use the EMA weights."])
+    assert "The pictures use the EMA weights." in (run.path / "report.md").read_text()
