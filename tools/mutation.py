@@ -40,16 +40,17 @@ MODULE_TESTS: dict[str, list[str]] = {
                    "tests/test_faults.py::test_resume_with_another_model_says_which",
                    "tests/test_faults.py::test_a_kill_at_any_moment_leaves_a_whole_checkpoint"],
     "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_bad_inputs.py",
-               "tests/test_write_faults.py"],
+               "tests/test_write_faults.py", "tests/test_faults.py"],
     "engine/loop": ["tests/test_engine.py", "tests/test_promises.py"],
     "engine/callbacks": ["tests/test_engine.py", "tests/test_promises.py"],
     "data": ["tests/test_data.py"],
 }
-# Left out of every mutation run (they still run in the normal suite): a test that starts
+# Left out of every mutation run (they still run in the normal suite): the tests that start
 # Python in another folder (mutmut's mutated code, imported there, finds no configuration and
 # fails whatever the mutant), and the two slowest write-fault runs (30-40 s each; the other
 # cases of the same tests cover the same code).
 DESELECT = ["tests/test_checkpoint_trust.py::test_a_space_of_an_own_model_runs_from_its_folder",
+            "tests/test_faults.py::test_files_are_written_only_under_the_run_folder_cache_and_readme_images",
             "tests/test_write_faults.py::test_a_picture_or_report_that_cannot_be_written_is_a_warning[curves.png]",
             "tests/test_write_faults.py::test_out_of_memory_in_training_is_one_line_and_the_run_resumes[cpu]"]
 MEMORY_GB = 10
