@@ -501,9 +501,10 @@ def analyse(exp: Experiment, run, result: dict[str, Any], wall_s: float | None =
     if cfg.analysis:
         an.run_all()
     extra = {"wall_time_s": round(wall_s, 2)} if wall_s is not None else {}
-    extra.update(training_flops(exp.model, exp.splits.image_size, exp.device,
-                                exp.train_loader.num_samples * len(result.get("epoch_times") or []),
-                                float(result.get("train_time_s") or 0.0), D.world_size()))
+    if D.world_size() == 1:  # under torchrun the copy's backward could reach DDP's hooks: not counted
+        extra.update(training_flops(exp.model, exp.splits.image_size, exp.device,
+                                    exp.train_loader.num_samples * len(result.get("epoch_times") or []),
+                                    float(result.get("train_time_s") or 0.0)))
     metrics = an.finish(**extra)
     if cfg.analysis and cfg.readme_images:
         run.copy_images()
