@@ -97,8 +97,9 @@ step() {
 }
 
 # 0. Setup: what this machine has, and what it lacks from the carried wheels.
+PACKAGES="pytorch_grad_cam:grad-cam torchinfo:torchinfo airbench:airbench papermill:papermill"  # import:pip names
 if [ -n "${WHEELS:-}" ]; then
-  for mod in pytorch_grad_cam:grad-cam torchinfo:torchinfo airbench:airbench papermill:papermill; do
+  for mod in $PACKAGES; do
     $PY -c "import ${mod%%:*}" 2>/dev/null || $PY -m pip install -q --no-index --find-links "$WHEELS" "${mod#*:}" \
       || echo "setup: could not install ${mod#*:} from $WHEELS"
   done
@@ -106,8 +107,8 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
-  for mod in pytorch_grad_cam torchinfo airbench papermill; do
-    $PY -c "import $mod" 2>/dev/null && echo "$mod: yes" || echo "$mod: missing"
+  for mod in $PACKAGES; do
+    $PY -c "import ${mod%%:*}" 2>/dev/null && echo "${mod#*:}: yes" || echo "${mod#*:}: missing"
   done
 } > "$OUT/gpu.txt"
 cat "$OUT/gpu.txt"

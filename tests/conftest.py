@@ -44,7 +44,7 @@ def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
     the workers share the session's common temporary folder (:func:`build_once`)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # .../pytest-N: shared by the workers of this session
+        root = root.parent  # .../pytest-N: shared by the workers of this pytest run
     return build_once(root, name, build)
 
 
