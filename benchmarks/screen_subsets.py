@@ -4,8 +4,7 @@ epochs (the highest-loss ones, or a random control), and more Newton-Schulz step
 Everything after this script's own flags goes to the CLI (``python -m eva8_utils.main``), so a run
 is built by the CLI's assembly and writes a normal run folder; this script only patches, for this
 one process, how the training loader picks an epoch's images and how many Newton-Schulz steps
-``MuonSGD`` takes. Used for benchmarks/RESULTS.md, section 4 ("Hard-example subsets ... (ninth
-session)"). Single process only (no torchrun).
+``MuonSGD`` takes. Single process only (no torchrun).
 
     python benchmarks/screen_subsets.py --subset-from 2 --subset-fraction 0.8 -- \\
         --recipe fast --dataset folder --data-dir data/cifar10-jpeg --seed 1 --no-analysis --out runs/H2

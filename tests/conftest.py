@@ -40,8 +40,8 @@ def build_once(root: Path, name: str, build) -> Path:
 
 
 def shared_between_workers(tmp_path_factory, name: str, build) -> Path:
-    """A folder that ``build(folder)`` fills once per test session, also under pytest-xdist:
-    the workers share the session's common temporary folder (:func:`build_once`)."""
+    """A folder that ``build(folder)`` fills once per pytest run, also under pytest-xdist:
+    the workers share the run's common temporary folder (:func:`build_once`)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # .../pytest-N: shared by the workers of this pytest run
