@@ -1,6 +1,9 @@
-"""rundir.py's promises on hand-made folders (no training): the notebook's rules for a RUN_DIR
-(never replace a run silently), the history read back as written, the pictures and the
-report written or warned about, the README copy, TensorBoard's hyperparameters.
+"""rundir.py's promises. On hand-made folders (no training): the notebook's rules for a RUN_DIR
+(never replace a run silently), the history read back as written, the pictures and the report
+written or warned about, the README copy, TensorBoard's hyperparameters. On a tiny assembled
+experiment: a checkpoint restores every state it holds (weights, optimizer, schedule, scaler,
+lookahead, EMA, divergence monitor), prev.pt when last.pt is missing, a resume past lookahead's
+start equal to the uninterrupted run, start/finish/fail writing what metrics.json promises.
 (Kills, interrupts and failed writes during real runs: test_faults.py, test_write_faults.py.)"""
 
 import json
@@ -8,12 +11,13 @@ import re
 import time
 
 import pytest
+import torch
 import yaml
 
 from eva8_utils.config import build_config
 from eva8_utils.engine import new_history
 from eva8_utils.engine.loop import add_epoch
-from eva8_utils.errors import ConfigError
+from eva8_utils.errors import CheckpointError, ConfigError
 from eva8_utils.rundir import RunDir, SaveRun, default_run_dir
 
 
@@ -220,3 +224,173 @@ def test_the_readme_copy_goes_to_image_readme_by_default_and_the_reports_notes_a
     run.metrics.update(test_acc=90.0, status="done")
     run.write_report(_cfg(), ["a", "b"], notes=["The pictures use the EMA weights."])
     assert "The pictures use the EMA weights." in (run.path / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ saving and restoring a built experiment
+def _built(tmp_path, name="r", **flags):
+    """A tiny assembled experiment (shapes, fastnet; 4 steps an epoch) and its RunDir."""
+    from eva8_utils.experiment import build
+
+    cfg = _cfg(shapes_train=64, shapes_test=16, batch_size=16, tta="none", analysis=False,
+               out=str(tmp_path / name), **flags)
+    return build(cfg), RunDir(tmp_path / name)
+
+
+def _same_tensors(a, b):
+    """Two (nested) states hold equal tensors and equal plain values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _moved(exp, shift):
+    """Give the lookahead, the monitor, the EMA and the weights states of their own."""
+    exp.lookahead.slow = {k: v.detach().clone() + shift for k, v in exp.model.state_dict().items()
+                          if v.is_floating_point()}
+    exp.monitor.start, exp.monitor.smooth, exp.monitor.above = 2.5, 3.0 + shift, 2
+    with torch.no_grad():
+        for p in exp.model.parameters():
+            p.add_(shift)
+    exp.ema.update_parameters(exp.model)
+    exp.schedule.after_batch()
+    exp.history_so_far()
+
+
+def test_restore_brings_back_every_state_the_last_checkpoint_holds(tmp_path, caplog):
+    exp, run = _built(tmp_path, lookahead=True, ema=0.9)
+    _moved(exp, 0.25)
+    run.path.mkdir()
+    run.save_state(exp, 2)
+    again, run2 = _built(tmp_path, lookahead=True, ema=0.9)
+    with caplog.at_level("WARNING", logger="eva8_utils"):
+        run2.restore(again)
+    assert not [r for r in caplog.records if "previous checkpoint" in r.getMessage()]  # last.pt was used
+    assert again.start_epoch == 2 and again.resumed_from == run.checkpoints / "last.pt" and again.partial is None
+    for name in ("lookahead", "monitor", "ema", "schedule", "optimizer", "scaler", "model"):
+        assert _same_tensors(getattr(again, name).state_dict(), getattr(exp, name).state_dict()), name
+    assert again.lookahead.slow is not None and again.monitor.smooth == pytest.approx(3.25)
+
+
+def test_without_last_pt_the_run_resumes_from_prev_pt_and_says_so(tmp_path, caplog):
+    exp, run = _built(tmp_path, lookahead=True, ema=0.9)
+    run.path.mkdir()
+    run.save_state(exp, 1)
+    first = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    _moved(exp, 0.5)
+    run.save_state(exp, 2)  # last.pt: epoch 2; prev.pt: epoch 1
+    (run.checkpoints / "last.pt").unlink()
+    again, run2 = _built(tmp_path, lookahead=True, ema=0.9)
+    with caplog.at_level("WARNING", logger="eva8_utils"):
+        run2.restore(again)
+    assert again.start_epoch == 1 and again.resumed_from == run.checkpoints / "prev.pt"
+    assert _same_tensors(again.model.state_dict(), first)
+    assert [r for r in caplog.records if "resumed from the previous checkpoint" in r.getMessage()]
+    for p in run.checkpoints.iterdir():
+        p.unlink()
+    with pytest.raises(CheckpointError, match="holds no checkpoint to resume from"):
+        run2.restore(_built(tmp_path)[0])
+
+
+def test_states_a_checkpoint_lacks_start_fresh_extra_ones_are_ignored_and_a_missing_ema_is_refused(tmp_path):
+    plain, run = _built(tmp_path)  # no lookahead, no EMA
+    plain.schedule, plain.monitor = None, None  # a checkpoint without a schedule's or the monitor's state
+    run.path.mkdir()
+    run.save_state(plain, 1)
+    fuller, run2 = _built(tmp_path, lookahead=True)
+    fuller.schedule.after_batch()
+    steps = fuller.schedule.state_dict()
+    run2.restore(fuller)  # what the file lacks starts fresh: no error
+    assert fuller.start_epoch == 1 and fuller.lookahead.slow is None and fuller.monitor.smooth is None
+    assert _same_tensors(fuller.schedule.state_dict(), steps)
+    with pytest.raises(CheckpointError, match="has no EMA weights"):
+        RunDir(run.path).restore(_built(tmp_path, ema=0.9)[0])
+    rich, run3 = _built(tmp_path, "rich", lookahead=True, ema=0.9)
+    _moved(rich, 0.25)
+    run3.path.mkdir()
+    run3.save_state(rich, 3)
+    bare, _ = _built(tmp_path, "rich")
+    bare.schedule = None
+    RunDir(run3.path).restore(bare)  # states the experiment has no use for are left out
+    assert bare.start_epoch == 3 and bare.lookahead is None and bare.ema is None
+    assert _same_tensors(bare.model.state_dict(), rich.model.state_dict())
+
+
+def test_a_resume_past_lookaheads_start_matches_the_uninterrupted_run(tmp_path):
+    from eva8_utils.errors import TrainingInterrupted
+    from eva8_utils.experiment import train
+
+    flags = dict(lookahead=True, epochs=8, scheduler="step", seed=4)
+    exp, run = _built(tmp_path, "whole", **flags)
+    run.check(exp.cfg)
+    whole = train(exp, run)["history"]
+    exp, run = _built(tmp_path, "cut", **flags)
+    run.check(exp.cfg)
+    calls = iter(range(10**6))
+    with pytest.raises(TrainingInterrupted):  # stopped in epoch 6 at step 22: slow weights taken (15) and moved (20)
+        train(exp, run, stop=lambda: next(calls) >= 21)
+    assert torch.load(run.checkpoints / "last.pt", weights_only=True)["lookahead"]["slow"] is not None
+    resumed, run = _built(tmp_path, "cut", **{**flags, "resume": True})
+    run.check(resumed.cfg)
+    history = train(resumed, run)["history"]
+    assert history["epoch"] == whole["epoch"] == list(range(1, 9))
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert history[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+
+
+def test_start_writes_the_config_and_running_and_finish_adds_the_time_before_a_resume(tmp_path):
+    exp, run = _built(tmp_path)
+    run.path.mkdir()
+    (run.path / "notes.txt").write_text("mine")
+    (run.path / "history.csv").write_text("old")
+    (run.path / ".last.pt.abcdefgh.tmp").write_bytes(b"half")
+    exp.cfg = exp.cfg.replace(overwrite=True)
+    run.start(exp)
+    assert yaml.safe_load((run.path / "config.yaml").read_text()) == exp.cfg.to_dict()
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.yaml", "log.txt", "metrics.json", "notes.txt",
+                                                          "summary.txt"]  # the old run's file and the temp file gone
+    m = json.loads((run.path / "metrics.json").read_text())
+    assert m["status"] == "running" and m["model"] == "fastnet" and m["epochs_planned"] == 3
+    assert "run folder:" in (run.path / "log.txt").read_text() and run.started
+    run.wall_before = 100.0
+    assert 100.0 <= run.wall_time() < 200.0
+    done = run.finish(wall_time_s=5.0, test_acc=50.0)
+    assert done["wall_time_s"] == pytest.approx(105.0) and done["status"] == "done"
+    assert json.loads((run.path / "metrics.json").read_text())["wall_time_s"] == pytest.approx(105.0)
+
+
+def test_save_state_keeps_best_pt_for_the_best_epoch_and_refuses_broken_weights(tmp_path):
+    exp, run = _built(tmp_path, ema=0.9)
+    run.path.mkdir()
+    exp.history_so_far()["test_acc"].append(40.0)
+    run.save_state(exp, 1, is_best=True)
+    exp.history["test_acc"].append(30.0)
+    run.save_state(exp, 2, is_best=False)
+    best = torch.load(run.checkpoints / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["test_acc"] == 40.0 and "ema" in best and best["model_name"] == "fastnet"
+    last = torch.load(run.checkpoints / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["history"]["test_acc"] == [40.0, 30.0] and last["config"]["ema"] == 0.9
+    with torch.no_grad():
+        next(exp.model.parameters()).fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        run.save_state(exp, 3)
+    assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_fail_says_the_status_and_error_and_can_be_called_again(tmp_path):
+    run = _run_folder(tmp_path / "r", status="running")
+    closed = []
+
+    class Writer:
+        def close(self):
+            closed.append(1)
+
+    run._writer = Writer()
+    assert run.fail("failed", ValueError("bad value\nsecond line")) is None
+    assert run.fail("interrupted") is None and closed == [1]
+    m = json.loads((run.path / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and m["error"] == "ValueError: bad value"
+    assert RunDir(tmp_path / "absent").fail("failed", "x") is None and not (tmp_path / "absent").exists()
