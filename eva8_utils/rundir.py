@@ -427,10 +427,7 @@ class RunDir:
         """
         if not self.path.is_dir() or not D.is_main():
             return None
-        values = {}
-        if error is not None:
-            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            values["error"] = f"{type(error).__name__}: {text}" if isinstance(error, BaseException) else text
+        values = {} if error is None else {"error": _error_line(error)}
         try:
             self.write_metrics(status, **values)
         except WriteError as e:
@@ -565,6 +562,15 @@ def make_summary_writer(log_dir: Path | None):
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(str(log_dir)) if log_dir is not None else None
+
+
+def _error_line(error: BaseException | str) -> str:
+    """One line for metrics.json: ``Type: first line of the message`` (the type alone when there is no message)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text
 
 
 def _log_to_file_only(text: str) -> None:

@@ -394,3 +394,30 @@ def test_fail_says_the_status_and_error_and_can_be_called_again(tmp_path):
     m = json.loads((run.path / "metrics.json").read_text())
     assert m["status"] == "interrupted" and m["error"] == "ValueError: bad value"
     assert RunDir(tmp_path / "absent").fail("failed", "x") is None and not (tmp_path / "absent").exists()
+    run.fail("interrupted", KeyboardInterrupt())  # no message: the type alone
+    assert json.loads((run.path / "metrics.json").read_text())["error"] == "KeyboardInterrupt"
+    run.fail("failed", "  the disk is gone\nmore ")  # a text is written as it is, its first line
+    assert json.loads((run.path / "metrics.json").read_text())["error"] == "the disk is gone"
+
+
+def test_a_folder_with_hidden_files_or_a_runs_leftovers_only_is_a_new_run(tmp_path):
+    for name in ("hidden", "leftovers"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "hidden" / ".ipynb_checkpoints").mkdir()  # Jupyter's and macOS's files are not the user's
+    (tmp_path / "hidden" / ".DS_Store").write_text("x")
+    (tmp_path / "leftovers" / "log.txt").write_text("x")  # a run's own files, but no run
+    (tmp_path / "leftovers" / "images").mkdir()
+    for name in ("hidden", "leftovers"):
+        run = RunDir(tmp_path / name)
+        assert run.other_files() == [] and run.open_for(_cfg()).out == str(tmp_path / name) and run.mode == "new run"
+        run.check(_cfg())  # the CLI's rules too
+    (tmp_path / "leftovers" / "mine.txt").write_text("x")
+    assert RunDir(tmp_path / "leftovers").other_files() == ["mine.txt"]
+
+
+def test_the_log_holds_the_model_summary(tmp_path):
+    exp, run = _built(tmp_path)
+    run.start(exp)
+    log = (run.path / "log.txt").read_text()
+    assert exp.summary().splitlines()[0] in log and "Total params" in log
+    assert (run.path / "summary.txt").read_text() == exp.summary() + "\n"
