@@ -156,9 +156,10 @@ def test_the_mutation_script_lists_existing_test_files_and_refuses_an_unknown_mo
     tool = runpy.run_path(str(ROOT / "tools" / "mutation.py"), run_name="as_module")
     for module, tests in tool["MODULE_TESTS"].items():
         assert (ROOT / "eva8_utils" / f"{module}.py").is_file(), module
-        for t in tests + tool["DESELECT"]:
+        for t in tests + tool["DESELECT"] + tool["RERUN_TESTS"].get(module, []):
             path, _, name = t.partition("::")
             assert (ROOT / path).is_file(), t
             assert not name or f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), t
+    assert set(tool["RERUN_TESTS"]) <= set(tool["MODULE_TESTS"])
     assert tool["main"](["--list"]) == 0 and "rundir" in capsys.readouterr().out
     assert tool["main"](["nosuchmodule"]) == 2 and "no test files listed for nosuchmodule" in capsys.readouterr().out

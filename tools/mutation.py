@@ -3,6 +3,7 @@
     pip install "mutmut>=3.8,<4"
     python tools/mutation.py augment              # mutate eva8_utils/augment.py, run its tests
     python tools/mutation.py checkpoint rundir    # several, one after the other
+    python tools/mutation.py rundir --rerun       # its survivors again, with the end-to-end test files
     python tools/mutation.py --list               # the modules and the test files that cover them
 
 mutmut changes one thing in the module at a time (a constant, an operator, a comparison, an
@@ -14,7 +15,9 @@ Each module runs in its own scratch copy of the checkout (.scratch/mutation/MODU
 mutmut configuration written there: only that module mutated, only its test files run, in
 one process (no xdist workers, one torch thread). The summary, and every survivor's change,
 goes to .scratch/mutation/MODULE/survivors.md (one line each: the mutant, the line before and
-after). Not part of CI: a module takes from minutes (augment) to about an hour (rundir) on 2 cores.
+after). ``--rerun`` gives a module's survivors a second chance against its slow end-to-end files
+(RERUN_TESTS), in .scratch/mutation/MODULE-rerun/. Not part of CI: a module takes from minutes
+(augment) to about an hour (rundir with its rerun) on 2 cores.
 """
 from __future__ import annotations
 
@@ -39,11 +42,15 @@ MODULE_TESTS: dict[str, list[str]] = {
                    "tests/test_faults.py::test_truncated_checkpoint_falls_back_to_the_previous_one_then_fails_clearly",
                    "tests/test_faults.py::test_resume_with_another_model_says_which",
                    "tests/test_faults.py::test_a_kill_at_any_moment_leaves_a_whole_checkpoint"],
-    "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_bad_inputs.py",
-               "tests/test_write_faults.py", "tests/test_faults.py"],
+    "rundir": ["tests/test_rundir.py", "tests/test_promises.py", "tests/test_write_faults.py"],
     "engine/loop": ["tests/test_engine.py", "tests/test_promises.py"],
     "engine/callbacks": ["tests/test_engine.py", "tests/test_promises.py"],
     "data": ["tests/test_data.py"],
+}
+# The end-to-end files (CLI runs, kills in subprocesses, resumes: a minute or more for one
+# mutant that survives) are added only with --rerun, which runs the first pass's survivors again.
+RERUN_TESTS: dict[str, list[str]] = {
+    "rundir": ["tests/test_faults.py", "tests/test_bad_inputs.py"],
 }
 # Left out of every mutation run (they still run in the normal suite): the tests that start
 # Python in another folder (mutmut's mutated code, imported there, finds no configuration and
@@ -58,9 +65,10 @@ MEMORY_GB = 10
 ALSO_COPY = ["README.md", "docs", "configs", "S7.ipynb", "requirements.txt"]
 
 
-def scratch_checkout(module: str) -> Path:
-    """A copy of the checkout's package, tests and what they read, with mutmut's configuration."""
-    work = ROOT / ".scratch" / "mutation" / module.replace("/", "_")
+def scratch_checkout(module: str, extra: list[str] = (), suffix: str = "") -> Path:
+    """A copy of the checkout's package, tests and what they read, with mutmut's configuration
+    (the module's test files, and ``extra`` ones)."""
+    work = ROOT / ".scratch" / "mutation" / (module.replace("/", "_") + suffix)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -72,7 +80,7 @@ def scratch_checkout(module: str) -> Path:
             shutil.copytree(src, work / name, ignore=ignore)
         elif src.exists():
             shutil.copy(src, work / name)
-    tests = [t for t in MODULE_TESTS[module] if (ROOT / t.split("::")[0]).exists()]
+    tests = [t for t in [*MODULE_TESTS[module], *extra] if (ROOT / t.split("::")[0]).exists()]
     config = {"source_paths": ["eva8_utils/"], "only_mutate": [f"eva8_utils/{module}.py"],
               "pytest_add_cli_args_test_selection": tests, "also_copy": ALSO_COPY,
               # one process, one torch thread: no xdist workers (mutmut forks per mutant)
@@ -101,27 +109,50 @@ def limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+ENV = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH="")
+
+
 def run_module(module: str, children: int) -> dict:
     work = scratch_checkout(module)
-    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH="")
     print(f"== {module}: mutmut in {work}", flush=True)
     subprocess.run([mutmut_command(), "run", "--max-children", str(children)],
-                   cwd=work, env=env, check=False, preexec_fn=limit_memory)
-    return summarise(module, work, env)
+                   cwd=work, env=ENV, check=False, preexec_fn=limit_memory)
+    return summarise(module, work)
 
 
-def summarise(module: str, work: Path, env: dict) -> dict:
-    """Counts by status from mutmut's .meta files; every survivor's diff into survivors.md."""
+def rerun_survivors(module: str, children: int) -> dict:
+    """The first pass's survivors again, with the module's end-to-end files (RERUN_TESTS) added."""
+    first = ROOT / ".scratch" / "mutation" / module.replace("/", "_")
+    survivors = sorted(name for name, code in exit_codes(first).items() if code == 0)
+    if not survivors:
+        print(f"== {module}: no survivors in {first} (run the first pass without --rerun)")
+        return {"module": module, "rerun": 0}
+    work = scratch_checkout(module, RERUN_TESTS.get(module, []), suffix="-rerun")
+    print(f"== {module}: {len(survivors)} survivors again, with {RERUN_TESTS.get(module, [])}, in {work}", flush=True)
+    subprocess.run([mutmut_command(), "run", "--max-children", str(children), *survivors],
+                   cwd=work, env=ENV, check=False, preexec_fn=limit_memory)
+    codes = exit_codes(work)
+    return summarise(module + " (rerun)", work, {name: codes.get(name) for name in survivors})
+
+
+def exit_codes(work: Path) -> dict[str, int | None]:
+    """Each mutant's exit code from mutmut's .meta files (None: not run)."""
     codes: dict[str, int | None] = {}
     for meta in (work / "mutants").rglob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
+def summarise(module: str, work: Path, codes: dict[str, int | None] | None = None) -> dict:
+    """Counts by status; every survivor's diff into WORK/survivors.md."""
+    codes = exit_codes(work) if codes is None else codes
     from mutmut.stats import status_by_exit_code  # what each of mutmut's exit codes means
 
-    counts = Counter(status_by_exit_code[code] for code in codes.values())
+    counts = Counter(status_by_exit_code.get(code, "not checked") for code in codes.values())
     survivors = sorted(name for name, code in codes.items() if code == 0)
     report = [f"# {module}: {len(codes)} mutants, " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), ""]
     for name in survivors:
-        diff = subprocess.run([mutmut_command(), "show", name], cwd=work, env=env,
+        diff = subprocess.run([mutmut_command(), "show", name], cwd=work, env=ENV,
                               capture_output=True, text=True).stdout
         changed = [line.strip() for line in diff.splitlines()
                    if line[:1] in "-+" and not line.startswith(("---", "+++"))]
@@ -137,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="modules under eva8_utils/ (e.g. augment, engine/loop)")
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2, help="mutants run at once")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run the last pass's survivors again with the end-to-end test files added")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
         for module, tests in MODULE_TESTS.items():
-            print(f"{module:18} {' '.join(tests)}")
+            rerun = f"  (--rerun adds {' '.join(RERUN_TESTS[module])})" if module in RERUN_TESTS else ""
+            print(f"{module:18} {' '.join(tests)}{rerun}")
         return 0
     unknown = [m for m in args.modules if m not in MODULE_TESTS]
     if unknown:
         print(f"error: no test files listed for {', '.join(unknown)}; add them to MODULE_TESTS in {__file__}")
         return 2
-    results = [run_module(m, args.children) for m in args.modules]
+    results = [(rerun_survivors if args.rerun else run_module)(m, args.children) for m in args.modules]
     print(json.dumps(results, indent=1))
     return 0
 
