@@ -421,3 +421,57 @@ def test_the_log_holds_the_model_summary(tmp_path):
     log = (run.path / "log.txt").read_text()
     assert exp.summary().splitlines()[0] in log and "Total params" in log
     assert (run.path / "summary.txt").read_text() == exp.summary() + "\n"
+
+
+def test_a_damaged_last_pt_falls_back_to_prev_pt_and_two_damaged_ones_name_the_last(tmp_path, caplog):
+    exp, run = _built(tmp_path)
+    run.path.mkdir()
+    run.save_state(exp, 1)
+    run.save_state(exp, 2)
+    last, prev = run.checkpoints / "last.pt", run.checkpoints / "prev.pt"
+    last.write_bytes(last.read_bytes()[:100])  # a torn file
+    again, run2 = _built(tmp_path)
+    with caplog.at_level("WARNING", logger="eva8_utils"):
+        run2.restore(again)
+    assert again.start_epoch == 1 and again.resumed_from == prev
+    assert any("trying the previous checkpoint" in r.getMessage() for r in caplog.records)
+    prev.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
+        RunDir(run.path).restore(_built(tmp_path)[0])
+    assert "last.pt" in str(e.value) and "prev.pt" not in str(e.value)  # the first error: the newest file's
+
+
+def test_restore_takes_the_position_and_the_wall_time_before_the_resume(tmp_path):
+    exp, run = _built(tmp_path)
+    run.path.mkdir()
+    run.save_state(exp, 0)  # nothing timed yet: no time before the resume
+    again = RunDir(run.path)
+    again.restore(_built(tmp_path)[0])
+    assert again.wall_before == 0.0
+    run.wall_before = 50.0  # 50 s of wall time so far, 0 s of them training
+    run.save_state(exp, 1, partial={"batch": 2})
+    resumed, again = _built(tmp_path)[0], RunDir(run.path)
+    again.restore(resumed)
+    assert resumed.partial == {"batch": 2} and resumed.start_epoch == 1
+    assert 50.0 <= again.wall_before < 60.0
+    assert "at batch 2 of epoch 2" in again.faults.resume_point()  # what a failed write says about --resume
+    exp.history_so_far()["_epoch_times"] = [100.0, 200.0]  # more training time than the wall time stored
+    run.save_state(exp, 2)
+    again = RunDir(run.path)
+    again.restore(_built(tmp_path)[0])
+    assert again.wall_before == pytest.approx(300.0)
+
+
+def test_a_run_with_prev_pt_only_is_resumed_and_a_config_that_is_not_a_mapping_is_none(tmp_path):
+    exp, run = _built(tmp_path)
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text(yaml.safe_dump(exp.cfg.to_dict()))
+    run.save_state(exp, 1)
+    run.save_state(exp, 2)
+    (run.checkpoints / "last.pt").unlink()
+    assert run.has_checkpoint()
+    cli = RunDir(run.path)
+    cli.check(exp.cfg.replace(resume=True))
+    assert cli.resuming and not cli.restart
+    (run.path / "config.yaml").write_text("- a list\n- not settings\n")
+    assert RunDir(run.path).saved_config() is None
