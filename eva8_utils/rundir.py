@@ -519,9 +519,8 @@ class SaveRun(Callback):
 
     def after_step(self, state: TrainState) -> None:
         tb = self.run.tensorboard
-        if tb is not None:
-            step = self.exp.schedule.steps if self.exp.schedule is not None else state.batch
-            tb.add_scalar("train/lr", self.exp.optimizer.param_groups[0]["lr"], step)
+        if tb is not None:  # the LR this step used, at its number in steps.csv
+            tb.add_scalar("train/lr", state.lrs[-1], (state.epoch - 1) * state.n_batches + state.batch)
         if (self.interval and time.monotonic() - self.last_save >= self.interval
                 and state.batch < self.exp.steps_per_epoch):
             self.run.save_state(self.exp, state.epoch - 1, partial=state.snapshot())

@@ -475,3 +475,64 @@ def test_a_run_with_prev_pt_only_is_resumed_and_a_config_that_is_not_a_mapping_i
     assert cli.resuming and not cli.restart
     (run.path / "config.yaml").write_text("- a list\n- not settings\n")
     assert RunDir(run.path).saved_config() is None
+
+
+class _Board:
+    """A stand-in SummaryWriter that records what it is given."""
+
+    def __init__(self):
+        self.scalars, self.hparams, self.closed = [], [], 0
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, float(value), int(step)))
+
+    def add_hparams(self, hparams, metrics, run_name):
+        self.hparams.append(metrics)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed += 1
+
+
+def test_tensorboard_gets_every_epochs_numbers_the_lr_of_every_step_and_the_final_ones(tmp_path):
+    pytest.importorskip("tensorboard")
+    from eva8_utils.experiment import train
+
+    exp, run = _built(tmp_path, ema=0.9, epochs=2, tensorboard=True)
+    run.check(exp.cfg)
+    board = run._writer = _Board()
+    history = train(exp, run)["history"]
+    epochs = {}
+    for tag, value, step in board.scalars:
+        epochs.setdefault(tag, {})[step] = value
+    assert set(epochs) == {"train/lr", "train/loss", "train/acc", "test/loss", "test/acc", "ema_test/loss",
+                           "ema_test/acc"}
+    assert sorted(epochs["train/lr"]) == list(range(1, 9))  # 4 steps an epoch
+    assert [lr for _, _, lr, _ in history["steps"]] == pytest.approx([epochs["train/lr"][s] for s in range(1, 9)])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_loss", "ema_test_acc"):
+        part, what = key.rsplit("_", 1)
+        assert [epochs[f"{part}/{what}"][e] for e in (1, 2)] == pytest.approx(history[key], rel=1e-6), key
+    run.finish(test_acc=history["test_acc"][-1])
+    (final,) = board.hparams
+    assert final["hparam/test_acc"] == pytest.approx(history["test_acc"][-1]) and board.closed == 1
+    assert final["hparam/best_test_acc"] == pytest.approx(max(history["test_acc"]))
+    run.fail("failed", "after the end")  # the writer is gone: nothing closed twice
+    assert board.closed == 1
+
+
+def test_best_pt_keeps_the_first_epoch_that_reached_the_best_accuracy(tmp_path):
+    from types import SimpleNamespace
+
+    exp, run = _built(tmp_path)
+    run.path.mkdir()
+    saver, history = SaveRun(run, exp), exp.history_so_far()
+    for epoch, acc in enumerate([40.0, 50.0, 50.0, 45.0], 1):
+        row = {"train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0, "test_acc": acc, "lrs": [0.1],
+               "step_losses": [1.0]}
+        add_epoch(history, epoch, row)
+        saver.after_epoch(SimpleNamespace(row=row, history=history, epoch=epoch))
+    assert torch.load(run.checkpoints / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 4
+    assert SaveRun(run, exp).best == 50.0  # a resumed run compares with the best so far
