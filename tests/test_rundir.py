@@ -536,3 +536,34 @@ def test_best_pt_keeps_the_first_epoch_that_reached_the_best_accuracy(tmp_path):
     assert torch.load(run.checkpoints / "best.pt", weights_only=True)["epoch"] == 2
     assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 4
     assert SaveRun(run, exp).best == 50.0  # a resumed run compares with the best so far
+
+
+def test_a_checkpoint_inside_an_epoch_comes_every_checkpoint_minutes_of_training(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import eva8_utils.rundir as rundir
+
+    clock = [1000.0]
+    monkeypatch.setattr(rundir.time, "monotonic", lambda: clock[0])
+    exp, run = _built(tmp_path, checkpoint_minutes=1.0)
+    run.path.mkdir()
+    saver = SaveRun(run, exp)
+    saved = []
+    monkeypatch.setattr(run, "save_state", lambda exp, epoch, partial=None: saved.append((epoch, partial["batch"])))
+
+    def step(epoch, batch, at):
+        clock[0] = at
+        state = SimpleNamespace(epoch=epoch, batch=batch, n_batches=4, lrs=[0.1],
+                                snapshot=lambda: {"batch": batch})
+        if batch == 1:
+            saver.before_epoch(state)
+        saver.after_step(state)
+
+    step(1, 1, 1090.0)  # 90 s of set-up (data, compile) before the first step: not counted
+    step(1, 2, 1140.0)
+    assert saved == []
+    step(1, 3, 1151.0)  # 61 s after training started
+    step(1, 4, 1215.0)  # 64 s, but the epoch's last batch: the end-of-epoch checkpoint follows instead
+    assert saved == [(0, 3)]
+    step(2, 1, 1240.0)  # a later epoch does not restart the clock: 89 s since the last save
+    assert saved == [(0, 3), (1, 1)]
