@@ -4,6 +4,7 @@
     python tools/mutation.py augment              # mutate eva8_utils/augment.py, run its tests
     python tools/mutation.py checkpoint rundir    # several, one after the other
     python tools/mutation.py rundir --rerun       # its survivors again, with the end-to-end test files
+    python tools/mutation.py rundir --rerun --only '*restore*'   # some of them
     python tools/mutation.py --list               # the modules and the test files that cover them
 
 mutmut changes one thing in the module at a time (a constant, an operator, a comparison, an
@@ -22,6 +23,7 @@ after). ``--rerun`` gives a module's survivors a second chance against its slow 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -120,10 +122,12 @@ def run_module(module: str, children: int) -> dict:
     return summarise(module, work)
 
 
-def rerun_survivors(module: str, children: int) -> dict:
-    """The first pass's survivors again, with the module's end-to-end files (RERUN_TESTS) added."""
+def rerun_survivors(module: str, children: int, only: list[str] = ()) -> dict:
+    """The first pass's survivors again (those matching a glob of ``only``, if given), with the
+    module's end-to-end files (RERUN_TESTS) added."""
     first = ROOT / ".scratch" / "mutation" / module.replace("/", "_")
-    survivors = sorted(name for name, code in exit_codes(first).items() if code == 0)
+    survivors = sorted(name for name, code in exit_codes(first).items()
+                       if code == 0 and (not only or any(fnmatch.fnmatch(name, pattern) for pattern in only)))
     if not survivors:
         print(f"== {module}: no survivors in {first} (run the first pass without --rerun)")
         return {"module": module, "rerun": 0}
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2, help="mutants run at once")
     parser.add_argument("--rerun", action="store_true",
                         help="run the last pass's survivors again with the end-to-end test files added")
+    parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
+                        help="with --rerun: only the survivors whose name matches, e.g. '*restore*'")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
         for module, tests in MODULE_TESTS.items():
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: no test files listed for {', '.join(unknown)}; add them to MODULE_TESTS in {__file__}")
         return 2
-    results = [(rerun_survivors if args.rerun else run_module)(m, args.children) for m in args.modules]
+    results = [rerun_survivors(m, args.children, args.only) if args.rerun else run_module(m, args.children)
+               for m in args.modules]
     print(json.dumps(results, indent=1))
     return 0
 
