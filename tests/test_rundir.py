@@ -562,8 +562,10 @@ def test_a_checkpoint_inside_an_epoch_comes_every_checkpoint_minutes_of_training
     step(1, 1, 1090.0)  # 90 s of set-up (data, compile) before the first step: not counted
     step(1, 2, 1140.0)
     assert saved == []
-    step(1, 3, 1151.0)  # 61 s after training started
-    step(1, 4, 1215.0)  # 64 s, but the epoch's last batch: the end-of-epoch checkpoint follows instead
+    step(1, 3, 1150.5)  # 60.5 s after training started
+    step(1, 4, 1215.0)  # 64.5 s, but the epoch's last batch: the end-of-epoch checkpoint follows instead
     assert saved == [(0, 3)]
-    step(2, 1, 1240.0)  # a later epoch does not restart the clock: 89 s since the last save
+    step(2, 1, 1240.0)  # a later epoch does not restart the clock: 89.5 s since the last save
     assert saved == [(0, 3), (1, 1)]
+    monkeypatch.setattr(rundir.D, "world_size", lambda: 2)
+    assert SaveRun(run, exp).interval == 0.0  # under torchrun: checkpoints at the end of epochs only
