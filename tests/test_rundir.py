@@ -355,11 +355,20 @@ def test_start_writes_the_config_and_running_and_finish_adds_the_time_before_a_r
     m = json.loads((run.path / "metrics.json").read_text())
     assert m["status"] == "running" and m["model"] == "fastnet" and m["epochs_planned"] == 3
     assert "run folder:" in (run.path / "log.txt").read_text() and run.started
+    log = (run.path / "log.txt").read_text()
+    assert all(line in log for line in exp.header_lines())  # versions, device, data, model
     run.wall_before = 100.0
-    assert 100.0 <= run.wall_time() < 200.0
+    assert 100.0 < run.wall_time() < 200.0  # the time before the resume and this process's
     done = run.finish(wall_time_s=5.0, test_acc=50.0)
     assert done["wall_time_s"] == pytest.approx(105.0) and done["status"] == "done"
     assert json.loads((run.path / "metrics.json").read_text())["wall_time_s"] == pytest.approx(105.0)
+
+
+def test_start_makes_the_folder_and_its_parents(tmp_path):
+    exp, _ = _built(tmp_path)
+    run = RunDir(tmp_path / "runs" / "today" / "r")
+    run.start(exp)
+    assert (run.path / "config.yaml").is_file() and (run.path / "metrics.json").is_file()
 
 
 def test_save_state_keeps_best_pt_for_the_best_epoch_and_refuses_broken_weights(tmp_path):
@@ -525,15 +534,22 @@ def test_tensorboard_gets_every_epochs_numbers_the_lr_of_every_step_and_the_fina
 def test_best_pt_keeps_the_first_epoch_that_reached_the_best_accuracy(tmp_path):
     from types import SimpleNamespace
 
-    exp, run = _built(tmp_path)
-    run.path.mkdir()
-    saver, history = SaveRun(run, exp), exp.history_so_far()
-    for epoch, acc in enumerate([40.0, 50.0, 50.0, 45.0], 1):
+    def epoch_ends(saver, history, epoch, acc):
         row = {"train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0, "test_acc": acc, "lrs": [0.1],
                "step_losses": [1.0]}
         add_epoch(history, epoch, row)
         saver.after_epoch(SimpleNamespace(row=row, history=history, epoch=epoch))
-    assert torch.load(run.checkpoints / "best.pt", weights_only=True)["epoch"] == 2
+        return torch.load(saver.run.checkpoints / "best.pt", weights_only=True)["epoch"]
+
+    for name, resumed in (("new", False), ("resumed", True)):  # resumed: from a checkpoint inside epoch 1
+        exp, run = _built(tmp_path, name)
+        run.path.mkdir()
+        if resumed:
+            exp.history_so_far()  # the checkpoint's history: no epoch finished yet
+        saver = SaveRun(run, exp)
+        history = exp.history_so_far()
+        assert epoch_ends(saver, history, 1, 0.0) == 1, name  # even an epoch at 0% is the best so far
+        assert [epoch_ends(saver, history, e, acc) for e, acc in ((2, 50.0), (3, 50.0), (4, 45.0))] == [2, 2, 2]
     assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 4
     assert SaveRun(run, exp).best == 50.0  # a resumed run compares with the best so far
 
