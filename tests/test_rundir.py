@@ -585,3 +585,67 @@ def test_a_checkpoint_inside_an_epoch_comes_every_checkpoint_minutes_of_training
     assert saved == [(0, 3), (1, 1)]
     monkeypatch.setattr(rundir.D, "world_size", lambda: 2)
     assert SaveRun(run, exp).interval == 0.0  # under torchrun: checkpoints at the end of epochs only
+
+
+def test_the_clis_resume_rules(tmp_path):
+    saved = _cfg(batch_size=16)
+
+    def resume(path, **changes):
+        return saved.replace(resume=True, out=str(path), **changes)
+
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        (tmp_path / "f").write_text("x")
+        RunDir(tmp_path / "f").check(saved)
+    with pytest.raises(ConfigError, match="has no checkpoint to continue from"):
+        RunDir(tmp_path / "empty").check(resume(tmp_path / "empty"))
+    bare = _run_folder(tmp_path / "bare", status="running", config=False)  # a checkpoint, no config.yaml
+    bare.check(resume(bare.path))
+    assert bare.resuming and not bare.restart
+    early = _run_folder(tmp_path / "early", status="running", checkpoint=False, cfg=saved)  # killed before one
+    early.check(resume(early.path))
+    assert early.restart and not early.resuming
+    changed = _run_folder(tmp_path / "changed", status="running", cfg=saved)
+    with pytest.raises(ConfigError, match=r"was started with other settings \(lr"):
+        changed.check(resume(changed.path, lr=0.123))
+    two = _run_folder(tmp_path / "two", status="running", cfg=saved)  # a torchrun run of 2 processes x 16
+    (two.path / "metrics.json").write_text(json.dumps({"status": "running", "world_size": 2}))
+    two.check(resume(two.path, batch_size=32))  # one process x 32: the same global batch
+    assert two.resuming
+    with pytest.raises(ConfigError, match="batch-size"):
+        RunDir(two.path).check(resume(two.path, batch_size=48))
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        RunDir(two.path).check(saved)
+
+
+def test_temporary_files_of_interrupted_writes_are_removed_from_every_folder_a_run_writes(tmp_path):
+    run = _run_folder(tmp_path / "r", status="running")
+    (run.path / "images").mkdir()
+    torn = [run.path / ".metrics.json.a1b2c3d4.tmp", run.checkpoints / ".last.pt.abcdefgh.tmp",
+            run.path / "images" / ".curves.png.ABCD_123.tmp"]
+    kept = [run.path / ".hidden.tmp", run.path / "images" / "curves.png", run.path / "notes.a1b2c3d4.tmp"]
+    for p in torn + kept:
+        p.write_bytes(b"x")
+    assert sorted(run.remove_temporary_files()) == sorted(torn)
+    assert not any(p.exists() for p in torn) and all(p.exists() for p in kept)
+
+
+def test_metrics_json_is_written_by_the_main_process_only_and_a_resume_keeps_its_numbers(tmp_path, monkeypatch):
+    import eva8_utils.rundir as rundir
+
+    run = _run_folder(tmp_path / "r", status="running")
+    before = (run.path / "metrics.json").read_text()
+    monkeypatch.setattr(rundir.D, "is_main", lambda: False)
+    assert run.write_metrics("done", test_acc=1.0)["status"] == "done"
+    assert (run.path / "metrics.json").read_text() == before
+    monkeypatch.undo()
+    exp, run = _built(tmp_path, "a")
+    run.start(exp)
+    SaveRun(run, exp).on_warning(None, "loss spiked")
+    exp2, again = _built(tmp_path, "a")
+    again.metrics, again.resuming = again.read_metrics(), True  # what restore() leaves
+    again.start(exp2)
+    assert json.loads((again.path / "metrics.json").read_text())["warnings"] == ["loss spiked"]
+    new = RunDir(again.path)
+    new.metrics = {"stale": 1}
+    new.start(exp2)  # a new run in the same folder: its own numbers only
+    assert "stale" not in json.loads((again.path / "metrics.json").read_text())
