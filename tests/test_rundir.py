@@ -613,8 +613,18 @@ def test_the_clis_resume_rules(tmp_path):
     assert two.resuming
     with pytest.raises(ConfigError, match="batch-size"):
         RunDir(two.path).check(resume(two.path, batch_size=48))
+    with pytest.raises(ConfigError, match="batch-size"):  # no world size saved: one process
+        RunDir(changed.path).check(resume(changed.path, batch_size=32))
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         RunDir(two.path).check(saved)
+    RunDir(two.path).check(saved.replace(overwrite=True))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (mine / name).write_text("keep")
+    with pytest.raises(ConfigError, match=r"holds other files \(a.txt, b.txt, c.txt, ...\) and no run"):
+        RunDir(mine).check(saved)
+    RunDir(mine).check(saved.replace(overwrite=True))  # among them: only a run's own files are ever replaced
 
 
 def test_temporary_files_of_interrupted_writes_are_removed_from_every_folder_a_run_writes(tmp_path):
