@@ -379,7 +379,9 @@ def test_save_state_keeps_best_pt_for_the_best_epoch_and_refuses_broken_weights(
     exp.history["test_acc"].append(30.0)
     run.save_state(exp, 2, is_best=False)
     best = torch.load(run.checkpoints / "best.pt", weights_only=True)
-    assert best["epoch"] == 1 and best["test_acc"] == 40.0 and "ema" in best and best["model_name"] == "fastnet"
+    assert best["epoch"] == 1 and best["test_acc"] == 40.0 and best["model_name"] == "fastnet"
+    assert _same_tensors(best["model"], exp.model.state_dict()) and best["config"]["ema"] == 0.9
+    assert _same_tensors(best["ema"], exp.ema.state_dict())  # predict and the demo can use the EMA weights
     last = torch.load(run.checkpoints / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["history"]["test_acc"] == [40.0, 30.0] and last["config"]["ema"] == 0.9
     with torch.no_grad():
@@ -459,6 +461,7 @@ def test_restore_takes_the_position_and_the_wall_time_before_the_resume(tmp_path
     assert again.wall_before == 0.0
     run.wall_before = 50.0  # 50 s of wall time so far, 0 s of them training
     run.save_state(exp, 1, partial={"batch": 2})
+    assert "at batch 2 of epoch 2" in run.faults.resume_point()  # what a failed write says about --resume
     resumed, again = _built(tmp_path)[0], RunDir(run.path)
     again.restore(resumed)
     assert resumed.partial == {"batch": 2} and resumed.start_epoch == 1
