@@ -662,3 +662,14 @@ def test_metrics_json_is_written_by_the_main_process_only_and_a_resume_keeps_its
     new.metrics = {"stale": 1}
     new.start(exp2)  # a new run in the same folder: its own numbers only
     assert "stale" not in json.loads((again.path / "metrics.json").read_text())
+
+
+def test_any_of_a_runs_own_files_marks_a_run_and_a_new_runs_time_starts_at_zero(tmp_path):
+    for name in ("config.yaml", "history.csv", "checkpoints", "metrics.json"):
+        path = tmp_path / name.replace(".", "_")
+        path.mkdir()
+        (path / name).mkdir() if name == "checkpoints" else (path / name).write_text("{}")
+        assert RunDir(path).holds_run(), name
+        with pytest.raises(ConfigError, match="already holds a run"):
+            RunDir(path).check(_cfg())
+    assert RunDir(tmp_path / "new").finish(wall_time_s=5.0)["wall_time_s"] == 5.0
