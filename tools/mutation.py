@@ -18,7 +18,7 @@ one process (no xdist workers, one torch thread). The summary, and every survivo
 goes to .scratch/mutation/MODULE/survivors.md (one line each: the mutant, the line before and
 after). ``--rerun`` gives a module's survivors a second chance against its slow end-to-end files
 (RERUN_TESTS), in .scratch/mutation/MODULE-rerun/. Not part of CI: a module takes from minutes
-(augment) to about an hour (rundir with its rerun) on 2 cores.
+(augment) to about 90 (rundir's first pass) on 2 cores.
 """
 from __future__ import annotations
 
@@ -67,10 +67,14 @@ MEMORY_GB = 10
 ALSO_COPY = ["README.md", "docs", "configs", "S7.ipynb", "requirements.txt"]
 
 
+def scratch_dir(module: str, suffix: str = "") -> Path:
+    return ROOT / ".scratch" / "mutation" / (module.replace("/", "_") + suffix)
+
+
 def scratch_checkout(module: str, extra: list[str] = (), suffix: str = "") -> Path:
     """A copy of the checkout's package, tests and what they read, with mutmut's configuration
     (the module's test files, and ``extra`` ones)."""
-    work = ROOT / ".scratch" / "mutation" / (module.replace("/", "_") + suffix)
+    work = scratch_dir(module, suffix)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -125,14 +129,15 @@ def run_module(module: str, children: int) -> dict:
 def rerun_survivors(module: str, children: int, only: list[str] = ()) -> dict:
     """The first pass's survivors again (those matching a glob of ``only``, if given), with the
     module's end-to-end files (RERUN_TESTS) added."""
-    first = ROOT / ".scratch" / "mutation" / module.replace("/", "_")
+    first = scratch_dir(module)
     survivors = sorted(name for name, code in exit_codes(first).items()
                        if code == 0 and (not only or any(fnmatch.fnmatch(name, pattern) for pattern in only)))
     if not survivors:
         print(f"== {module}: no survivors in {first} (run the first pass without --rerun)")
         return {"module": module, "rerun": 0}
-    work = scratch_checkout(module, RERUN_TESTS.get(module, []), suffix="-rerun")
-    print(f"== {module}: {len(survivors)} survivors again, with {RERUN_TESTS.get(module, [])}, in {work}", flush=True)
+    extra = RERUN_TESTS.get(module, [])
+    work = scratch_checkout(module, extra, suffix="-rerun")
+    print(f"== {module}: {len(survivors)} survivors again, with {extra}, in {work}", flush=True)
     subprocess.run([mutmut_command(), "run", "--max-children", str(children), *survivors],
                    cwd=work, env=ENV, check=False, preexec_fn=limit_memory)
     codes = exit_codes(work)
